@@ -1,0 +1,160 @@
+"""Every table of gsem's store, in one place (SQLAlchemy 2 Core).
+
+Times are UTC, stored as naive ``DateTime``.  Migrations under ``migrations/`` must
+produce exactly these tables; a test compares them.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+__all__ = [
+    "metadata",
+    "partners",
+    "partner_certs",
+    "agreements",
+    "incidents",
+    "messages",
+    "idempotency_keys",
+    "acknowledgements",
+    "deliveries",
+]
+
+metadata = sa.MetaData()
+
+#: A registered call-handling system (SPEC §2).
+partners = sa.Table(
+    "partners",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False, default=True),
+    # Unknown elements become errors instead of warnings (SPEC §3).
+    sa.Column("strict", sa.Boolean, nullable=False, default=False),
+    # push | pull | spool | adapter (SPEC §7); its settings as JSON text.
+    sa.Column("delivery_mode", sa.String(16), nullable=False, default="pull"),
+    sa.Column("delivery_config", sa.Text, nullable=False, default="{}"),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+)
+
+#: A client certificate of a partner, identified by its SHA-256 fingerprint.
+partner_certs = sa.Table(
+    "partner_certs",
+    metadata,
+    # lowercase hex SHA-256 of the DER certificate, no separators
+    sa.Column("fingerprint", sa.String(64), primary_key=True),
+    sa.Column("partner_id", sa.String(64), sa.ForeignKey("partners.id"), nullable=False, index=True),
+    sa.Column("subject", sa.String(500), nullable=False),
+    sa.Column("issuer", sa.String(500), nullable=False),
+    sa.Column("serial", sa.String(64), nullable=False),
+    # the window in which the hub accepts it: the certificate's own validity by default
+    sa.Column("valid_from", sa.DateTime, nullable=False),
+    sa.Column("valid_until", sa.DateTime, nullable=False),
+    sa.Column("retired_at", sa.DateTime, nullable=True),
+    sa.Column("pem", sa.Text, nullable=False),
+    sa.Column("added_at", sa.DateTime, nullable=False),
+)
+
+#: A requester may pass calls to a provider under a contract id (SPEC §2).
+agreements = sa.Table(
+    "agreements",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("requester_id", sa.String(64), sa.ForeignKey("partners.id"), nullable=False),
+    sa.Column("provider_id", sa.String(64), sa.ForeignKey("partners.id"), nullable=False),
+    # the text before the first ';' of AGREEMENT/ContractID (tags are not part of the id)
+    sa.Column("contract_id", sa.String(200), nullable=False),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.UniqueConstraint("requester_id", "contract_id", name="uq_agreement_requester_contract"),
+)
+
+#: One incident between a requester and a provider; its current document and state.
+incidents = sa.Table(
+    "incidents",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("requester_id", sa.String(64), sa.ForeignKey("partners.id"), nullable=False),
+    sa.Column("provider_id", sa.String(64), sa.ForeignKey("partners.id"), nullable=False),
+    sa.Column("requester_ref", sa.String(64), nullable=False),  # RequesterID
+    sa.Column("provider_ref", sa.String(64), nullable=True),  # ProviderID
+    sa.Column("state", sa.String(40), nullable=False),
+    # the merged SERVICE_INCIDENT (SPEC §4.2), UTF-8 XML
+    sa.Column("document", sa.LargeBinary, nullable=False),
+    # whether the Service_Request carried a PROBLEM (decides Entitlement's next state)
+    sa.Column("problem_with_request", sa.Boolean, nullable=False, default=False),
+    sa.Column("version", sa.Integer, nullable=False, default=1),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+    sa.UniqueConstraint("requester_id", "requester_ref", name="uq_incident_requester_ref"),
+    sa.Index("ix_incident_provider_ref", "provider_id", "requester_ref"),
+)
+
+#: Every request the hub read from a partner, accepted or not (SPEC §6).
+messages = sa.Table(
+    "messages",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("partner_id", sa.String(64), nullable=False, index=True),
+    sa.Column("cert_fingerprint", sa.String(64), nullable=False),
+    sa.Column("received_at", sa.DateTime, nullable=False),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.Column("digest", sa.String(64), nullable=False),  # hex SHA-256 of body
+    sa.Column("idempotency_key", sa.String(200), nullable=False),
+    sa.Column("transaction_name", sa.String(64), nullable=True),
+    sa.Column("requester_ref", sa.String(64), nullable=True),
+    sa.Column("incident_id", sa.Integer, sa.ForeignKey("incidents.id"), nullable=True, index=True),
+    sa.Column("accepted", sa.Boolean, nullable=False),
+    sa.Column("state_before", sa.String(40), nullable=True),
+    sa.Column("state_after", sa.String(40), nullable=True),
+    sa.Column("ack_id", sa.String(26), nullable=False, unique=True),
+    # {"read_ms": …, "validate_ms": …, "commit_ms": …} as JSON text
+    sa.Column("timings", sa.Text, nullable=False, default="{}"),
+)
+
+#: Idempotency keys of accepted messages, per sending partner (SPEC §6).
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    sa.Column("partner_id", sa.String(64), primary_key=True),
+    sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("digest", sa.String(64), nullable=False),
+    sa.Column("ack_id", sa.String(26), nullable=False),
+    sa.Column("created_at", sa.DateTime, nullable=False, index=True),
+)
+
+#: The acknowledgement sent for every message (the operators' log).
+acknowledgements = sa.Table(
+    "acknowledgements",
+    metadata,
+    sa.Column("ack_id", sa.String(26), primary_key=True),  # a ULID: sorts by time
+    sa.Column("message_id", sa.Integer, sa.ForeignKey("messages.id"), nullable=False),
+    sa.Column("partner_id", sa.String(64), nullable=False, index=True),
+    sa.Column("created_at", sa.DateTime, nullable=False, index=True),
+    sa.Column("transaction_name", sa.String(64), nullable=True),
+    sa.Column("requester_ref", sa.String(64), nullable=True),
+    sa.Column("provider_ref", sa.String(64), nullable=True),
+    sa.Column("result", sa.String(3), nullable=False),  # Yes | No
+    sa.Column("http_status", sa.Integer, nullable=False),
+    # ",code1,code2," so that one LIKE finds a code
+    sa.Column("error_codes", sa.String(500), nullable=False, default=""),
+    sa.Column("state_after", sa.String(40), nullable=True),
+    sa.Column("document", sa.LargeBinary, nullable=False),  # the ACKNOWLEDGEMENT sent
+)
+
+#: The transactional outbox: one record per accepted transaction to forward (SPEC §7).
+deliveries = sa.Table(
+    "deliveries",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("message_id", sa.Integer, sa.ForeignKey("messages.id"), nullable=False),
+    sa.Column("incident_id", sa.Integer, sa.ForeignKey("incidents.id"), nullable=False, index=True),
+    sa.Column("recipient_id", sa.String(64), nullable=False, index=True),
+    sa.Column("state", sa.String(16), nullable=False),  # pending | delivered | dead | discarded
+    sa.Column("document", sa.LargeBinary, nullable=False),  # what the receiver gets
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("next_attempt_at", sa.DateTime, nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("receiver_ack", sa.LargeBinary, nullable=True),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+)
