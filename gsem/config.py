@@ -1,0 +1,165 @@
+"""The engine's configuration: one TOML file in a data directory.
+
+``gsem init DIR`` writes ``DIR/gsem.toml``; every other command finds its data
+directory with ``--data-dir`` (default: ``$GSEM_DATA_DIR``, else ``./demo``).  Relative
+paths in the file are relative to the data directory.  All problems in a file are
+reported at once (buildbot's ``config/errors.py`` does the same).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gsem.errors import ConfigError
+
+__all__ = ["Limits", "Config", "CONFIG_NAME", "default_data_dir", "load_config", "render_config"]
+
+CONFIG_NAME = "gsem.toml"
+
+
+def default_data_dir() -> Path:
+    """The data directory used when ``--data-dir`` is not given."""
+    return Path(os.environ.get("GSEM_DATA_DIR", "demo"))
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Limits of SPEC §8 (all configurable under ``[limits]``)."""
+
+    max_body_bytes: int = 1024 * 1024
+    max_depth: int = 32
+    max_elements: int = 20_000
+    handshake_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    max_connections_per_partner: int = 64
+
+
+@dataclass(frozen=True)
+class Config:
+    """A loaded, checked configuration with absolute paths."""
+
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8443
+    database_url: str = ""
+    ca_paths: tuple[Path, ...] = ()
+    crl_paths: tuple[Path, ...] = ()
+    server_cert: Path = Path()
+    server_key: Path = Path()
+    limits: Limits = field(default_factory=Limits)
+
+
+def _resolve(data_dir: Path, value: str) -> Path:
+    path = Path(value)
+    return path if path.is_absolute() else data_dir / path
+
+
+def _database_url(data_dir: Path, url: str) -> str:
+    # "sqlite:///gsem.db" is relative to the data directory, not the working directory.
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/"):
+        return prefix + str((data_dir / url[len(prefix):]).resolve())
+    return url
+
+
+def load_config(data_dir: Path) -> Config:
+    """Read ``DATA_DIR/gsem.toml``; raise :class:`ConfigError` listing every problem."""
+    data_dir = data_dir.resolve()
+    path = data_dir / CONFIG_NAME
+    if not path.exists():
+        raise ConfigError([f"{path}: no such file; create a data directory with 'gsem init {data_dir}'"])
+    try:
+        raw = tomllib.loads(path.read_text("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError([f"{path}: {e}"]) from None
+
+    problems: list[str] = []
+    server = raw.get("server", {})
+    tls = raw.get("tls", {})
+    database = raw.get("database", {})
+    limits_raw = raw.get("limits", {})
+
+    port = server.get("port", 8443)
+    if not isinstance(port, int) or not 0 <= port < 65536:
+        problems.append(f"{path}: [server] port must be an integer 0-65535, not {port!r}")
+    url = os.environ.get("GSEM_DATABASE_URL") or database.get("url", "sqlite:///gsem.db")
+    if not isinstance(url, str) or "://" not in url:
+        problems.append(f"{path}: [database] url must be a database URL, not {url!r}")
+
+    def paths(key: str) -> tuple[Path, ...]:
+        value = tls.get(key, [])
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            problems.append(f"{path}: [tls] {key} must be a path or a list of paths")
+            return ()
+        return tuple(_resolve(data_dir, v) for v in value)
+
+    ca_paths = paths("ca")
+    crl_paths = paths("crl")
+    if not ca_paths:
+        problems.append(f"{path}: [tls] ca must name at least one CA certificate file")
+    for key in ("cert", "key"):
+        if not isinstance(tls.get(key), str):
+            problems.append(f"{path}: [tls] {key} must name the hub's server {key} file")
+
+    known = {f for f in Limits.__dataclass_fields__}
+    unknown = set(limits_raw) - known
+    if unknown:
+        problems.append(f"{path}: [limits] unknown settings: {', '.join(sorted(unknown))}")
+    limit_values = {}
+    for name in known & set(limits_raw):
+        value = limits_raw[name]
+        if not isinstance(value, (int, float)) or value <= 0:
+            problems.append(f"{path}: [limits] {name} must be a positive number, not {value!r}")
+        else:
+            limit_values[name] = value
+
+    if problems:
+        raise ConfigError(problems)
+    return Config(
+        data_dir=data_dir,
+        host=server.get("host", "127.0.0.1"),
+        port=port,
+        database_url=_database_url(data_dir, url),
+        ca_paths=ca_paths,
+        crl_paths=crl_paths,
+        server_cert=_resolve(data_dir, tls["cert"]),
+        server_key=_resolve(data_dir, tls["key"]),
+        limits=Limits(**limit_values),
+    )
+
+
+def render_config(*, host: str = "127.0.0.1", port: int = 8443,
+                  database_url: str = "sqlite:///gsem.db") -> str:
+    """The text of a new ``gsem.toml`` as ``gsem init`` writes it."""
+    limits = Limits()
+    return f"""\
+# gsem engine configuration. Relative paths are relative to this directory.
+
+[server]
+host = "{host}"
+port = {port}
+
+[database]
+# SQLite file in this directory by default; a PostgreSQL URL looks like
+# "postgresql+psycopg://user:password@127.0.0.1:5432/gsem". GSEM_DATABASE_URL overrides it.
+url = "{database_url}"
+
+[tls]
+ca = ["certs/ca-cert.pem"]      # CAs that issue partner client certificates
+crl = ["certs/crl.pem"]         # revocation lists, re-read when they change
+cert = "certs/hub-cert.pem"     # the hub's server certificate
+key = "certs/hub-key.pem"
+
+[limits]
+max_body_bytes = {limits.max_body_bytes}
+max_depth = {limits.max_depth}
+max_elements = {limits.max_elements}
+handshake_timeout = {limits.handshake_timeout}
+idle_timeout = {limits.idle_timeout}
+max_connections_per_partner = {limits.max_connections_per_partner}
+"""
