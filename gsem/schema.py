@@ -1,0 +1,97 @@
+"""The SIS schemas and what gsem reads from them.
+
+lxml's ``XMLSchema`` (libxml2) checks element content on the hot path.  Because element
+order is free (SPEC §3), every content model in ``schemas/service_incident.xsd`` is a
+repeating ``xs:choice``, which XSD 1.0 cannot bound per child; each particle still
+declares its ``minOccurs``/``maxOccurs``, and :class:`SchemaCatalogue` reads those
+declarations and enforces them.  The same walk prunes elements the schema does not know
+(SPEC §3: ignored, reported as warnings).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from lxml import etree
+
+__all__ = ["SCHEMA_DIR", "ChildDecl", "SchemaCatalogue", "catalogue", "incident_schema", "ack_schema"]
+
+XS = "{http://www.w3.org/2001/XMLSchema}"
+
+#: Where the XSD files live: ``schemas/`` at the top of the source tree.
+SCHEMA_DIR = Path(os.environ.get("GSEM_SCHEMA_DIR", Path(__file__).resolve().parent.parent / "schemas"))
+
+
+@dataclass(frozen=True)
+class ChildDecl:
+    """One child element as the XSD declares it."""
+
+    name: str
+    min_occurs: int
+    max_occurs: int | None  # None = unbounded
+    type_name: str | None  # the complex type, or None for a simple (text) element
+
+
+class SchemaCatalogue:
+    """Per complex type, its declared children; read from the XSD, never restated in code."""
+
+    def __init__(self, xsd: etree._ElementTree) -> None:
+        root = xsd.getroot()
+        complex_names = {t.get("name") for t in root.iter(f"{XS}complexType") if t.get("name")}
+        self.types: dict[str, dict[str, ChildDecl]] = {}
+        for complex_type in root.findall(f"{XS}complexType"):
+            children: dict[str, ChildDecl] = {}
+            for particle in complex_type.iter(f"{XS}element"):
+                type_name = particle.get("type")
+                max_occurs = particle.get("maxOccurs", "1")
+                children[particle.get("name")] = ChildDecl(
+                    name=particle.get("name"),
+                    min_occurs=int(particle.get("minOccurs", "1")),
+                    max_occurs=None if max_occurs == "unbounded" else int(max_occurs),
+                    type_name=type_name if type_name in complex_names else None,
+                )
+            self.types[complex_type.get("name")] = children
+        top = root.find(f"{XS}element")
+        self.root_name: str = top.get("name")
+        self.root_type: str = top.get("type")
+
+    def child(self, path: str) -> ChildDecl | None:
+        """The declaration at a slash path below the root, e.g. ``AGREEMENT/ContractID``."""
+        type_name: str | None = self.root_type
+        decl = None
+        for name in path.split("/"):
+            if type_name is None:
+                return None
+            decl = self.types[type_name].get(name)
+            if decl is None:
+                return None
+            type_name = decl.type_name
+        return decl
+
+
+@cache
+def _xsd(name: str) -> etree._ElementTree:
+    path = SCHEMA_DIR / name
+    # The schema is ours and trusted, but parse it like everything else: no network.
+    return etree.parse(str(path), etree.XMLParser(no_network=True, resolve_entities=False))
+
+
+@cache
+def catalogue() -> SchemaCatalogue:
+    """The catalogue of ``service_incident.xsd``."""
+    return SchemaCatalogue(_xsd("service_incident.xsd"))
+
+
+@cache
+def incident_schema() -> etree.XMLSchema:
+    """lxml's compiled SERVICE_INCIDENT schema."""
+    return etree.XMLSchema(_xsd("service_incident.xsd"))
+
+
+@cache
+def ack_schema() -> etree.XMLSchema:
+    """lxml's compiled ACKNOWLEDGEMENT schema (used by tests and clients)."""
+    return etree.XMLSchema(_xsd("acknowledgement.xsd"))

@@ -1,0 +1,250 @@
+"""Validation of one document (SPEC §3–§5), stage by stage, collecting every problem.
+
+hardened parse → unknown and hub-set elements pruned (warnings) → declared cardinalities
+and the schema → TransactionName → field matrix and rules → state.  Each stage that can
+still run after an earlier one failed does run, so a rejection lists all problems found.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lxml import etree
+
+from gsem.contract import NO_INCIDENT, IncidentFacts, Mark, Role, State, TransactionSpec
+from gsem.errors import AckCode, DocumentRejected, Problem, WarningCode
+from gsem.rules import RULES
+from gsem.schema import catalogue, incident_schema
+from gsem.xmlsafe import ParseLimits, parse_document
+from transactions import registry
+
+__all__ = ["Inspection", "DocumentValidator", "check_state", "validate_document", "HUB_SET_ELEMENTS"]
+
+ROOT = "SERVICE_INCIDENT"
+#: Elements the hub fills in on what it forwards; partners' values are ignored (SPEC §3.1).
+HUB_SET_ELEMENTS = frozenset({"CurrentState", "Acknowledge"})
+
+
+@dataclass
+class Inspection:
+    """A document after the stages that do not depend on the transaction's sender."""
+
+    tree: etree._ElementTree | None
+    transaction_name: str | None = None
+    errors: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+
+    @property
+    def root(self) -> etree._Element | None:
+        """The (pruned) SERVICE_INCIDENT element, when the document parsed."""
+        return None if self.tree is None else self.tree.getroot()
+
+    def text(self, name: str) -> str | None:
+        """The stripped text of a root child, or None when absent or empty."""
+        root = self.root
+        if root is None:
+            return None
+        value = (root.findtext(name) or "").strip()
+        return value or None
+
+    @property
+    def accepted(self) -> bool:
+        """True while no error has been found."""
+        return not self.errors
+
+
+def _path(element: etree._Element) -> str:
+    return element.getroottree().getpath(element)
+
+
+class DocumentValidator:
+    """Checks documents against the schema and the declared contract; holds no state."""
+
+    def __init__(self, limits: ParseLimits = ParseLimits()) -> None:
+        self.limits = limits
+        self._catalogue = catalogue()
+        self._schema = incident_schema()
+
+    def inspect(self, data: bytes, *, strict: bool = False) -> Inspection:
+        """Parse, prune and schema-check *data*; find its TransactionName.
+
+        With *strict*, elements the schema does not know are errors, not warnings.
+        """
+        try:
+            tree = parse_document(data, self.limits)
+        except DocumentRejected as e:
+            return Inspection(tree=None, errors=list(e.problems))
+        inspection = Inspection(tree=tree)
+        root = tree.getroot()
+        if root.tag != ROOT:
+            inspection.errors.append(
+                Problem(AckCode.SCHEMA_VIOLATION, f"the root element must be {ROOT}, not {root.tag}", f"/{root.tag}")
+            )
+            inspection.tree = None
+            return inspection
+        self._prune_and_count(root, self._catalogue.root_type, inspection, strict)
+        if not self._schema.validate(tree):
+            for entry in self._schema.error_log:
+                inspection.errors.append(
+                    Problem(AckCode.SCHEMA_VIOLATION, _schema_message(entry.message), entry.path or None)
+                )
+        name = inspection.text("TransactionName")
+        inspection.transaction_name = name
+        if name is None:
+            inspection.errors.append(
+                Problem(AckCode.UNKNOWN_TRANSACTION, "TransactionName is missing", f"/{ROOT}/TransactionName")
+            )
+        elif not registry.specs_named(name):
+            inspection.errors.append(
+                Problem(
+                    AckCode.UNKNOWN_TRANSACTION,
+                    f"{name!r} is not a supported transaction; supported: {', '.join(registry.names())}",
+                    f"/{ROOT}/TransactionName",
+                )
+            )
+        return inspection
+
+    def _prune_and_count(self, element: etree._Element, type_name: str, inspection: Inspection, strict: bool) -> None:
+        declared = self._catalogue.types[type_name]
+        counts: dict[str, int] = {}
+        for child in list(element):
+            name = child.tag
+            decl = declared.get(name) if isinstance(name, str) else None
+            if decl is None or (element.getparent() is None and name in HUB_SET_ELEMENTS):
+                why = "is set by the hub" if decl is not None else "is not known to the schema"
+                if strict and decl is None:
+                    inspection.errors.append(
+                        Problem(AckCode.SCHEMA_VIOLATION, f"{name} {why} (strict mode)", _path(child))
+                    )
+                else:
+                    inspection.warnings.append(
+                        Problem(WarningCode.IGNORED_ELEMENT, f"{name} {why}; ignored", _path(child))
+                    )
+                element.remove(child)
+                continue
+            if len(child) == 0 and not (child.text or "").strip():
+                # SPEC §5: an element that is present but empty counts as absent.
+                element.remove(child)
+                continue
+            counts[name] = counts.get(name, 0) + 1
+            if decl.type_name is not None:
+                self._prune_and_count(child, decl.type_name, inspection, strict)
+        for name, decl in declared.items():
+            count = counts.get(name, 0)
+            if decl.max_occurs is not None and count > decl.max_occurs:
+                inspection.errors.append(
+                    Problem(
+                        AckCode.SCHEMA_VIOLATION,
+                        f"{name} may appear at most {decl.max_occurs} time(s) in {element.tag}; found {count}",
+                        f"{_path(element)}/{name}",
+                    )
+                )
+            elif count < decl.min_occurs:
+                inspection.errors.append(
+                    Problem(AckCode.SCHEMA_VIOLATION, f"{element.tag} needs {name}", f"{_path(element)}/{name}")
+                )
+        if element.tag == "ATTACHMENT" and counts.get("AttachmentReference", 0) + counts.get("AttachmentObject", 0) != 1:
+            inspection.errors.append(
+                Problem(
+                    AckCode.SCHEMA_VIOLATION,
+                    "an ATTACHMENT needs exactly one of AttachmentReference and AttachmentObject",
+                    _path(element),
+                )
+            )
+
+    def check_matrix(self, inspection: Inspection, spec: TransactionSpec) -> None:
+        """Apply *spec*'s field matrix and rules; drop elements it ignores (with warnings)."""
+        root = inspection.root
+        assert root is not None
+        used = spec.top_level_elements()
+        for child in list(root):
+            if child.tag not in used:
+                inspection.warnings.append(
+                    Problem(WarningCode.IGNORED_ELEMENT, f"{child.tag} is not used by {spec.name}; ignored", _path(child))
+                )
+                root.remove(child)
+        for path, cell in spec.fields.items():
+            present = root.findall(path)
+            if cell.mark is Mark.MANDATORY and not present:
+                inspection.errors.append(
+                    Problem(AckCode.MISSING_MANDATORY, f"{spec.name} needs {path}", f"/{ROOT}/{path}")
+                )
+            if present:
+                for number in cell.rules:
+                    self._rule(inspection, number, root, present, spec)
+        for number in spec.rules:
+            self._rule(inspection, number, root, [root], spec)
+
+    @staticmethod
+    def _rule(inspection: Inspection, number: int, root: etree._Element, elements: list, spec: TransactionSpec) -> None:
+        for message, path in RULES[number].check(root, elements, spec):
+            inspection.errors.append(Problem(AckCode.RULE_VIOLATION, message, path))
+
+
+def _schema_message(message: str) -> str:
+    # libxml2 says "Element 'X': [facet 'pattern'] The value ..."; keep it, it is precise.
+    return message
+
+
+def check_state(spec: TransactionSpec, facts: IncidentFacts) -> list[Problem]:
+    """Problems when *spec* is not allowed in the incident's state (SPEC §4.2)."""
+    if spec.creates_incident:
+        if facts.state is not NO_INCIDENT:
+            return [Problem(AckCode.DUPLICATE_INCIDENT, "an incident with this RequesterID already exists",
+                            f"/{ROOT}/RequesterID")]
+        return []
+    if facts.state is None:
+        return [Problem(AckCode.UNKNOWN_INCIDENT, "no incident with this RequesterID for this partner",
+                        f"/{ROOT}/RequesterID")]
+    if facts.state not in spec.allowed_in:
+        allowed = ", ".join(sorted(s.value for s in spec.allowed_in if s is not None))
+        return [
+            Problem(
+                AckCode.NOT_ALLOWED_IN_STATE,
+                f"{spec.name} is not allowed in {facts.state.value}; allowed in: {allowed}",
+                f"/{ROOT}/TransactionName",
+            )
+        ]
+    return []
+
+
+def validate_document(
+    data: bytes,
+    *,
+    role: Role | None = None,
+    state: State | None = None,
+    check_states: bool = True,
+    strict: bool = False,
+    problem_with_request: bool = False,
+    validator: DocumentValidator | None = None,
+) -> tuple[Inspection, TransactionSpec | None]:
+    """Validate *data* offline as sent by *role* to an incident in *state*.
+
+    *role* None takes the transaction's only sender (the requester for
+    Provide_Problem_Information).  With *check_states* false the state is not checked.
+    """
+    validator = validator or DocumentValidator()
+    inspection = validator.inspect(data, strict=strict)
+    if inspection.root is None or inspection.transaction_name is None:
+        return inspection, None
+    specs = registry.specs_named(inspection.transaction_name)
+    if not specs:
+        return inspection, None
+    if role is None:
+        spec = specs[0]
+    else:
+        spec = registry.find(inspection.transaction_name, role)
+        if spec is None:
+            senders = " or ".join(sorted(r.value for s in specs for r in s.sender))
+            inspection.errors.append(
+                Problem(
+                    AckCode.NOT_AUTHORIZED,
+                    f"{inspection.transaction_name} is sent by the {senders}, not the {role.value}",
+                    f"/{ROOT}/TransactionName",
+                )
+            )
+            return inspection, None
+    validator.check_matrix(inspection, spec)
+    if check_states:
+        inspection.errors.extend(check_state(spec, IncidentFacts(state, problem_with_request)))
+    return inspection, spec
