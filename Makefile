@@ -17,7 +17,8 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/gsem --help
+	test -f $(DEMO_DIR)/gsem.toml || $(BIN)/gsem init $(DEMO_DIR) --demo
+	$(BIN)/gsem --data-dir $(DEMO_DIR) serve
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -1,0 +1,31 @@
+"""One structured (JSON) line per acknowledgement (SPEC §8)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import IO, Any
+
+__all__ = ["AckLog"]
+
+
+class AckLog:
+    """Writes one JSON object per line to *stream* (standard output by default)."""
+
+    def __init__(self, stream: IO[str] | None = None) -> None:
+        self.stream = stream or sys.stdout
+
+    def write(self, inbound: Any, outcome: Any, timings: dict[str, float]) -> None:
+        """Log the acknowledgement *outcome* sent for *inbound*."""
+        record = {
+            "event": "acknowledgement",
+            "time": inbound.received_at.isoformat(timespec="milliseconds") + "Z",
+            "partner": inbound.partner_id,
+            "fingerprint": inbound.fingerprint[:16],
+            "http_status": outcome.http_status,
+            "bytes": len(inbound.body),
+            **outcome.log_fields,
+            "timings_ms": timings,
+        }
+        self.stream.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self.stream.flush()

@@ -1,0 +1,354 @@
+"""Receiving one transaction: decide, persist, acknowledge (SPEC §2, §5, §6).
+
+Parsing and the schema run first, off the database thread.  Everything that depends on
+stored state — idempotency, routing, authorization, the incident's state, the field
+matrix of the sender's role — runs in :func:`decide_and_store`, one database
+transaction that also writes the message, the incident change, the acknowledgement and
+the outbound delivery record.  ``Acknowledge=Yes`` is returned only after that commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from lxml import etree
+from sqlalchemy.engine import Connection
+from twisted.logger import Logger
+
+from gsem.ack import Acknowledgement, mark_duplicate
+from gsem.contract import IncidentFacts, Role, State, TransactionSpec
+from gsem.db import model
+from gsem.errors import AckCode, Problem
+from gsem.ids import new_ulid
+from gsem.incident import apply_transaction, forwarded_document, incident_for_query
+from gsem.validation import DocumentValidator, Inspection, check_state
+from transactions import registry
+
+__all__ = ["Inbound", "Outcome", "Exchange", "decide_and_store", "contract_id_of"]
+
+log = Logger()
+_PARSER = etree.XMLParser(resolve_entities=False, no_network=True)
+#: How often a transaction is retried after losing a race on a unique key.
+_RACE_RETRIES = 3
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """One request as read from a partner's connection."""
+
+    partner_id: str
+    fingerprint: str
+    body: bytes
+    received_at: datetime
+    idempotency_key: str | None = None
+    strict: bool = False
+    read_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What goes back to the partner, and what the acknowledgement log line says."""
+
+    http_status: int
+    document: bytes
+    log_fields: dict[str, Any] = field(default_factory=dict)
+
+
+def contract_id_of(value: str) -> str:
+    """The contract id of ``AGREEMENT/ContractID``: the text before the first ``;`` tag."""
+    return value.split(";", 1)[0].strip()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+@dataclass
+class _Found:
+    incident: Any | None = None  # a row of model.incidents
+    role: Role | None = None
+    problems: list[Problem] = field(default_factory=list)
+
+
+def _find_incident(conn: Connection, inbound: Inbound, inspection: Inspection) -> _Found:
+    """Which incident the document addresses, and in which role the partner sends it (SPEC §2)."""
+    t = model.incidents
+    requester_ref = inspection.text("RequesterID")
+    provider_ref = inspection.text("ProviderID")
+    name = inspection.transaction_name
+    assert name is not None
+    if requester_ref is None:
+        return _Found()  # missing-mandatory is reported by the matrix
+    rows = conn.execute(
+        sa.select(t).where(t.c.requester_ref == requester_ref).with_for_update()
+    ).all()
+    senders = {role for spec in registry.specs_named(name) for role in spec.sender}
+    mine = []
+    for row in rows:
+        for role, party in ((Role.REQUESTER, row.requester_id), (Role.PROVIDER, row.provider_id)):
+            if party != inbound.partner_id:
+                continue
+            if provider_ref and row.provider_ref and provider_ref != row.provider_ref:
+                continue
+            mine.append((row, role))
+    if not mine:
+        if rows:
+            # The RequesterID exists, but not among this partner's incidents: a partner
+            # can never touch another partner's incident.
+            return _Found(problems=[Problem(AckCode.NOT_AUTHORIZED, "this partner is not a party to that incident",
+                                            "/SERVICE_INCIDENT/RequesterID")])
+        return _Found(problems=[Problem(AckCode.UNKNOWN_INCIDENT, f"no incident {requester_ref!r} for this partner",
+                                        "/SERVICE_INCIDENT/RequesterID")])
+    allowed = [(row, role) for row, role in mine if role in senders]
+    if not allowed:
+        row, role = mine[0]
+        wanted = " or ".join(sorted(r.value for r in senders))
+        return _Found(problems=[Problem(AckCode.NOT_AUTHORIZED,
+                                        f"{name} is sent by the incident's {wanted}; this partner is its {role.value}",
+                                        "/SERVICE_INCIDENT/TransactionName")])
+    if len(allowed) > 1:
+        return _Found(problems=[Problem(AckCode.AMBIGUOUS_INCIDENT,
+                                        f"RequesterID {requester_ref!r} matches {len(allowed)} incidents; send ProviderID",
+                                        "/SERVICE_INCIDENT/ProviderID")])
+    row, role = allowed[0]
+    return _Found(incident=row, role=role)
+
+
+def decide_and_store(conn: Connection, inbound: Inbound, inspection: Inspection,
+                     validator: DocumentValidator, timings: dict[str, float]) -> Outcome:
+    """Everything that depends on stored state, and the one commit that records it.
+
+    Runs in the database thread inside a transaction (``Database.run``).  Returns the
+    acknowledgement to send; raises only when the database fails (then nothing is kept).
+    """
+    started = time.perf_counter()
+    digest = hashlib.sha256(inbound.body).hexdigest()
+    key = inbound.idempotency_key or digest
+    now = _now()
+    keys = model.idempotency_keys
+
+    known = conn.execute(
+        sa.select(keys.c.digest, keys.c.ack_id).where(keys.c.partner_id == inbound.partner_id, keys.c.key == key)
+    ).first()
+    if known is not None and known.digest == digest:
+        original = conn.execute(
+            sa.select(model.acknowledgements.c.document, model.acknowledgements.c.http_status,
+                      model.acknowledgements.c.transaction_name, model.acknowledgements.c.requester_ref,
+                      model.acknowledgements.c.provider_ref, model.acknowledgements.c.state_after)
+            .where(model.acknowledgements.c.ack_id == known.ack_id)
+        ).one()
+        replay = mark_duplicate(original.document)
+        _record(conn, inbound, digest, key, now, ack_id=new_ulid(), accepted=False, transaction_name=original.transaction_name,
+                requester_ref=original.requester_ref, provider_ref=original.provider_ref, incident_id=None,
+                state_before=None, state_after=original.state_after, http_status=original.http_status,
+                result="Yes", error_codes=[], document=replay, timings=timings, duplicate_of=known.ack_id)
+        return Outcome(original.http_status, replay, {"duplicate_of": known.ack_id, "result": "Yes",
+                                                     "transaction": original.transaction_name,
+                                                     "requester_id": original.requester_ref})
+
+    ack = Acknowledgement(ack_id=new_ulid(), received_at=inbound.received_at.replace(tzinfo=UTC), digest=digest,
+                          transaction_name=inspection.transaction_name,
+                          requester_ref=inspection.text("RequesterID"), provider_ref=inspection.text("ProviderID"),
+                          errors=list(inspection.errors), warnings=list(inspection.warnings))
+    if known is not None:
+        ack.errors = [Problem(AckCode.IDEMPOTENCY_CONFLICT,
+                              f"Idempotency-Key {key!r} was used for a different body (acknowledgement {known.ack_id})",
+                              None)] + list(ack.errors)
+
+    incident = None
+    spec: TransactionSpec | None = None
+    new_state: State | None = None
+    state_before: State | None = None
+    new_document: etree._Element | None = None
+    recipient: str | None = None
+    provider_id: str | None = None
+    if inspection.root is not None and inspection.transaction_name and registry.specs_named(inspection.transaction_name):
+        name = inspection.transaction_name
+        if name == "Service_Request":
+            spec = registry.find(name, Role.REQUESTER)
+            assert spec is not None
+            validator.check_matrix(inspection, spec)
+            contract = inspection.root.findtext("AGREEMENT/ContractID")
+            if contract:
+                provider_id = _provider_for(conn, inbound.partner_id, contract_id_of(contract))
+                if provider_id is None:
+                    inspection.errors.append(Problem(
+                        AckCode.NOT_AUTHORIZED,
+                        f"no agreement lets {inbound.partner_id} pass calls under contract {contract_id_of(contract)!r}",
+                        "/SERVICE_INCIDENT/AGREEMENT/ContractID"))
+            ref = inspection.text("RequesterID")
+            exists = ref is not None and conn.execute(
+                sa.select(model.incidents.c.id).where(model.incidents.c.requester_id == inbound.partner_id,
+                                                      model.incidents.c.requester_ref == ref)).first()
+            inspection.errors.extend(check_state(spec, IncidentFacts(State.BEGINNING if exists else None)))
+            recipient = provider_id
+        else:
+            found = _find_incident(conn, inbound, inspection)
+            inspection.errors.extend(found.problems)
+            if found.incident is not None and found.role is not None:
+                incident = found.incident
+                spec = registry.find(name, found.role)
+                assert spec is not None
+                validator.check_matrix(inspection, spec)
+                state_before = State(incident.state)
+                inspection.errors.extend(check_state(
+                    spec, IncidentFacts(state_before, incident.problem_with_request)))
+                recipient = incident.provider_id if found.role is Role.REQUESTER else incident.requester_id
+        ack.errors = (ack.errors[:1] if known is not None else []) + list(inspection.errors)
+        ack.warnings = list(inspection.warnings)
+        ack.provider_ref = inspection.text("ProviderID") or (incident.provider_ref if incident is not None else None)
+
+    if ack.accepted:
+        assert spec is not None and inspection.root is not None
+        facts = IncidentFacts(state_before, incident.problem_with_request if incident is not None else False)
+        new_state = spec.next_state(inspection.root, facts)
+        ack.current_state = new_state.value
+        if spec.name == "Query_Incident":
+            ack.incident = incident_for_query(etree.fromstring(incident.document, _PARSER), new_state.value)
+        else:
+            current = None if incident is None else etree.fromstring(incident.document, _PARSER)
+            new_document = apply_transaction(current, inspection.root)
+    elif incident is not None:
+        ack.current_state = incident.state
+
+    incident_id = None if incident is None else incident.id
+    if ack.accepted and new_document is not None:
+        document_bytes = etree.tostring(new_document, encoding="UTF-8")
+        provider_ref = ack.provider_ref if spec is not None and Role.PROVIDER in spec.sender else None
+        if incident is None:
+            incident_id = conn.execute(model.incidents.insert().values(
+                requester_id=inbound.partner_id, provider_id=provider_id, requester_ref=ack.requester_ref,
+                provider_ref=None, state=new_state.value, document=document_bytes,
+                problem_with_request=inspection.root.find("PROBLEM") is not None, version=1,
+                created_at=now, updated_at=now)).inserted_primary_key[0]
+        else:
+            values: dict[str, Any] = dict(state=new_state.value, document=document_bytes, updated_at=now,
+                                          version=incident.version + 1)
+            if provider_ref and not incident.provider_ref:
+                values["provider_ref"] = provider_ref
+            conn.execute(model.incidents.update().where(model.incidents.c.id == incident.id).values(**values))
+
+    document = ack.to_bytes()
+    timings["decide_ms"] = round((time.perf_counter() - started) * 1000, 3)
+    message_id = _record(conn, inbound, digest, key, now, ack_id=ack.ack_id, accepted=ack.accepted,
+                         transaction_name=ack.transaction_name, requester_ref=ack.requester_ref,
+                         provider_ref=ack.provider_ref, incident_id=incident_id,
+                         state_before=state_before.value if state_before else None, state_after=ack.current_state,
+                         http_status=ack.http_status, result="Yes" if ack.accepted else "No",
+                         error_codes=ack.error_codes, document=document, timings=timings)
+    if ack.accepted:
+        conn.execute(keys.insert().values(partner_id=inbound.partner_id, key=key, digest=digest,
+                                          ack_id=ack.ack_id, created_at=now))
+        if spec is not None and spec.name != "Query_Incident" and recipient is not None:
+            conn.execute(model.deliveries.insert().values(
+                message_id=message_id, incident_id=incident_id, recipient_id=recipient, state="pending",
+                document=forwarded_document(inbound.body, state=ack.current_state, provider_ref=ack.provider_ref),
+                attempts=0, next_attempt_at=now, created_at=now, updated_at=now))
+    return Outcome(ack.http_status, document, {
+        "result": "Yes" if ack.accepted else "No", "transaction": ack.transaction_name,
+        "requester_id": ack.requester_ref, "provider_id": ack.provider_ref, "state": ack.current_state,
+        "errors": [{"code": p.code.code, "path": p.path} for p in ack.errors], "ack_id": ack.ack_id})
+
+
+def _provider_for(conn: Connection, requester_id: str, contract_id: str) -> str | None:
+    a = model.agreements
+    row = conn.execute(sa.select(a.c.provider_id).where(a.c.requester_id == requester_id,
+                                                        a.c.contract_id == contract_id)).first()
+    return None if row is None else row.provider_id
+
+
+def _record(conn: Connection, inbound: Inbound, digest: str, key: str, now: datetime, *, ack_id: str,
+            accepted: bool, transaction_name: str | None, requester_ref: str | None, provider_ref: str | None,
+            incident_id: int | None, state_before: str | None, state_after: str | None, http_status: int,
+            result: str, error_codes: list[str], document: bytes, timings: dict[str, float],
+            duplicate_of: str | None = None) -> int:
+    """Keep the message and the acknowledgement sent for it (SPEC §6: every message is kept)."""
+    kept_timings = dict(timings)
+    if duplicate_of:
+        kept_timings["duplicate_of"] = duplicate_of  # type: ignore[assignment]
+    message_id = conn.execute(model.messages.insert().values(
+        partner_id=inbound.partner_id, cert_fingerprint=inbound.fingerprint, received_at=now, body=inbound.body,
+        digest=digest, idempotency_key=key[:200], transaction_name=_clip(transaction_name, 64),
+        requester_ref=_clip(requester_ref, 64), incident_id=incident_id, accepted=accepted,
+        state_before=state_before, state_after=state_after, ack_id=ack_id,
+        timings=json.dumps(kept_timings))).inserted_primary_key[0]
+    conn.execute(model.acknowledgements.insert().values(
+        ack_id=ack_id, message_id=message_id, partner_id=inbound.partner_id, created_at=now,
+        transaction_name=_clip(transaction_name, 64), requester_ref=_clip(requester_ref, 64),
+        provider_ref=_clip(provider_ref, 64), result=result, http_status=http_status,
+        error_codes=("," + ",".join(error_codes) + ",") if error_codes else "",
+        state_after=state_after, document=document))
+    return message_id
+
+
+def _clip(value: str | None, size: int) -> str | None:
+    # Rejected documents may carry over-long ids; the acknowledgement log keeps a prefix.
+    return None if value is None else value[:size]
+
+
+class Exchange:
+    """Receives transactions for the listener: validation, then one durable decision."""
+
+    def __init__(self, database: Any, validator: DocumentValidator, ack_log: Any = None) -> None:
+        self.database = database
+        self.validator = validator
+        self.ack_log = ack_log
+
+    async def receive(self, inbound: Inbound) -> Outcome:
+        """Validate and store *inbound*; the outcome's document is its acknowledgement."""
+        from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+        started = time.perf_counter()
+        timings: dict[str, float] = {"read_ms": round(inbound.read_ms, 3)}
+        outcome: Outcome | None = None
+        for attempt in range(_RACE_RETRIES):
+            inspection = self.validator.inspect(inbound.body, strict=inbound.strict)
+            timings["validate_ms"] = round((time.perf_counter() - started) * 1000, 3)
+            try:
+                outcome = await self.database.run(
+                    lambda conn, i=inspection: decide_and_store(conn, inbound, i, self.validator, timings))
+                break
+            except IntegrityError:
+                # Lost a race on a unique key (the same idempotency key or RequesterID on
+                # another connection); the retry sees the winner's row.
+                if attempt == _RACE_RETRIES - 1:
+                    outcome = self._unavailable(inbound, "the store kept refusing the transaction")
+            except SQLAlchemyError as e:
+                log.failure("store could not commit {partner}", partner=inbound.partner_id)
+                outcome = self._unavailable(inbound, f"the store could not commit ({type(e).__name__})")
+                break
+        assert outcome is not None
+        timings["total_ms"] = round((time.perf_counter() - started) * 1000, 3)
+        if self.ack_log is not None:
+            self.ack_log.write(inbound, outcome, timings)
+        return outcome
+
+    async def refuse(self, inbound: Inbound, problem: Problem) -> Outcome:
+        """Record and acknowledge a request refused before its body was read (``too-large``)."""
+        inspection = Inspection(tree=None, errors=[problem])
+        timings: dict[str, float] = {}
+        try:
+            outcome = await self.database.run(
+                lambda conn: decide_and_store(conn, inbound, inspection, self.validator, timings))
+        except Exception:
+            log.failure("recording a refusal from {partner}", partner=inbound.partner_id)
+            ack = Acknowledgement(ack_id=new_ulid(), received_at=inbound.received_at.replace(tzinfo=UTC),
+                                  digest="", errors=[problem])
+            outcome = Outcome(ack.http_status, ack.to_bytes(), {"result": "No", "ack_id": ack.ack_id})
+        if self.ack_log is not None:
+            self.ack_log.write(inbound, outcome, timings)
+        return outcome
+
+    @staticmethod
+    def _unavailable(inbound: Inbound, message: str) -> Outcome:
+        ack = Acknowledgement(ack_id=new_ulid(), received_at=inbound.received_at.replace(tzinfo=UTC),
+                              digest=hashlib.sha256(inbound.body).hexdigest(),
+                              errors=[Problem(AckCode.UNAVAILABLE, message + "; nothing was kept, send again")])
+        return Outcome(ack.http_status, ack.to_bytes(), {"result": "No", "errors": [{"code": "unavailable"}],
+                                                        "ack_id": ack.ack_id})
