@@ -139,7 +139,14 @@ def test_openssl_refuses_revoked_and_accepts_valid(
     pki.write_crl(tmp_path / "crl.pem", pki.make_crl(ca_cert, ca_key, [revoked]))
     pki.write_cert(tmp_path / "old.pem", revoked)
     pki.write_cert(tmp_path / "new.pem", kept)
-    check = ("verify", "-CAfile", tmp_path / "ca.pem", "-crl_check", "-CRLfile", tmp_path / "crl.pem")
+    check = (
+        "verify",
+        "-CAfile",
+        tmp_path / "ca.pem",
+        "-crl_check",
+        "-CRLfile",
+        tmp_path / "crl.pem",
+    )
     assert _openssl(*check, "-purpose", "sslclient", tmp_path / "new.pem").returncode == 0
     out = _openssl(*check, tmp_path / "old.pem")
     assert out.returncode != 0
