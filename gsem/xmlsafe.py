@@ -76,6 +76,10 @@ def parse_document(data: bytes, limits: ParseLimits = ParseLimits()) -> etree._E
         )
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise _reject(AckCode.MALFORMED_XML, "the document is UTF-16; only UTF-8 is accepted")
+    if b"\x00" in data:
+        # NUL is never an XML 1.0 character; in practice it means UTF-16/32 without a BOM,
+        # which is also valid "UTF-8" and which libxml2 would otherwise auto-detect and parse.
+        raise _reject(AckCode.MALFORMED_XML, "the body contains NUL bytes; only UTF-8 is accepted")
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -86,6 +90,10 @@ def parse_document(data: bytes, limits: ParseLimits = ParseLimits()) -> etree._E
         # libxml2's messages are clear ("Extra content at the end of the document"); the
         # position helps the partner find it.
         message = e.msg or "not well-formed"
+        if e.code == etree.ErrorTypes.ERR_RESOURCE_LIMIT and "depth" in message:
+            # libxml2 stops at 256 levels itself; such a document is well-formed but too
+            # deep, which SPEC §5 answers with too-large like any depth over the limit.
+            raise _reject(AckCode.TOO_LARGE, f"the document is more than {limits.max_depth} levels deep") from None
         raise _reject(AckCode.MALFORMED_XML, f"not well-formed XML: {message}") from None
     docinfo = tree.docinfo
     if docinfo.doctype or docinfo.internalDTD is not None or docinfo.externalDTD is not None:
