@@ -239,12 +239,15 @@ def make_client_cert(
 def make_crl(
     ca_cert: x509.Certificate,
     ca_key: PrivateKey,
-    revoked: Iterable[x509.Certificate],
+    revoked: Iterable[x509.Certificate | int],
     *,
     next_update: datetime.datetime | None = None,
     crl_number: int | None = None,
 ) -> x509.CertificateRevocationList:
     """A CRL signed by the CA listing the serial numbers of *revoked*.
+
+    *revoked* holds certificates or bare serial numbers (to carry over the entries of a
+    previous CRL, whose certificates may be long gone).
 
     *next_update* defaults to now + :data:`CRL_VALIDITY`; after it, OpenSSL treats the
     CRL as expired and refuses every certificate of that CA, so a real CA must publish a
@@ -266,10 +269,11 @@ def make_crl(
             x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False
         )
     )
-    for cert in revoked:
+    for entry in revoked:
+        serial = entry if isinstance(entry, int) else entry.serial_number
         builder = builder.add_revoked_certificate(
             x509.RevokedCertificateBuilder()
-            .serial_number(cert.serial_number)
+            .serial_number(serial)
             .revocation_date(now - _BACKDATE)
             .build()
         )

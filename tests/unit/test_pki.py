@@ -128,6 +128,14 @@ def test_crl_lists_revoked_serial_and_is_signed_by_ca(
     assert crl.get_revoked_certificate_by_serial_number(kept.serial_number) is None
 
 
+def test_crl_carries_over_serial_numbers(ca: tuple[x509.Certificate, pki.PrivateKey]) -> None:
+    """Serial numbers from an older CRL can be listed again without their certificates."""
+    ca_cert, ca_key = ca
+    newly, _ = pki.make_client_cert(ca_cert, ca_key, "NEWLY")
+    crl = pki.make_crl(ca_cert, ca_key, [12345, newly])
+    assert {entry.serial_number for entry in crl} == {12345, newly.serial_number}
+
+
 def test_openssl_refuses_revoked_and_accepts_valid(
     ca: tuple[x509.Certificate, pki.PrivateKey], tmp_path: Path
 ) -> None:
