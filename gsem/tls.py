@@ -418,12 +418,11 @@ class PartnerTrustStore:
             self._ca_paths, self._crl_paths, self._server_cert_path, self._server_key_path
         )
         leaf, *intermediates = material.server_chain
-        # CertificateOptions brings Twisted's vetted cipher list, no compression, single
-        # use ECDH keys, and no session cache or tickets, so every connection does a
-        # full handshake and passes through the verify callback below.
-        # pyOpenSSL 24.3+ deprecates its own X509/PKey in Context.use_certificate and
-        # friends, which CertificateOptions passes its arguments straight to; hand it
-        # cryptography objects (the trust root still needs pyOpenSSL X509s).
+        # CertificateOptions brings Twisted's vetted cipher list, no compression and
+        # single-use ECDH keys.  pyOpenSSL 24.3+ deprecates its own X509/PKey in
+        # Context.use_certificate and friends, which CertificateOptions hands its
+        # arguments straight to, so give it cryptography objects (the trust root still
+        # needs pyOpenSSL X509s).
         options = CertificateOptions(
             privateKey=material.server_key,
             certificate=leaf,  # type: ignore[arg-type]
@@ -432,6 +431,11 @@ class PartnerTrustStore:
                 [Certificate(crypto.X509.from_cryptography(ca)) for ca in material.cas]
             ),
             raiseMinimumTo=TLSVersion.TLSv1_2,
+            # No session cache and no tickets: a resumed session skips the verify
+            # callback, so a retired certificate could come back in on an old session.
+            # Every connection does a full handshake and a fresh partner lookup.
+            enableSessions=False,
+            enableSessionTickets=False,
         )
         context = options.getContext()
         context.set_verify(
@@ -524,11 +528,14 @@ class _PartnerTLSProtocol(BufferingTLSTransport):
         except Exception:
             return "unknown peer"
 
-    def _refuse(self, reason: str, fingerprint: str | None) -> None:
+    def _refuse(self, reason: str, fingerprint: str | None, *, quiet: bool = False) -> None:
         if self._refusal_logged:
             return
         self._refusal_logged = True
-        _log.warn(
+        # Load balancers' health checks and port scans connect and leave without a
+        # word; that is worth a line, but not a warning.
+        emit = _log.info if quiet else _log.warn
+        emit(
             "TLS handshake from {peer} refused: {reason} (client certificate sha256 {fingerprint})",
             peer=self._peer(),
             reason=reason,
@@ -543,8 +550,10 @@ class _PartnerTLSProtocol(BufferingTLSTransport):
             return
         self._handshake_finished = True
         if self._verified is None:
-            # Cannot happen with full handshakes (the verify callback always runs); a
-            # resumed session would skip it, so refuse rather than serve anonymously.
+            # Cannot happen while sessions are never resumed (see _build_context).  If
+            # it did, the connection stays without a partner (partner_of gives None, so
+            # the application refuses) and is closed as soon as OpenSSL has returned:
+            # closing from inside its callback would re-enter it.
             self._refuse("handshake completed without a verified partner", None)
             self.factory.clock.callLater(0, self.abortConnection)
             return
@@ -570,7 +579,7 @@ class _PartnerTLSProtocol(BufferingTLSTransport):
             # its documented _reason ivar; the transport's reason is only "closed".
             error = getattr(self, "_reason", None)
             fingerprint = self._verified.fingerprint if self._verified else None
-            self._refuse(_ssl_error_text(error), fingerprint)
+            self._refuse(_ssl_error_text(error), fingerprint, quiet=error is None)
         super().connectionLost(reason)
 
 

@@ -136,6 +136,50 @@ async def test_newly_registered_certificate_is_accepted_without_restart(
     assert (after.returncode, after.stdout) == (0, "GAMMA"), after.stderr
 
 
+def _s_client_with_session(
+    port: int, test_pki: TestPki, client: ClientCert, tls_flag: str, session: Path, mode: str
+) -> subprocess.CompletedProcess[bytes]:
+    # Without a session to offer (the hub gave none), connect without -sess_in.
+    session_args = [mode, str(session)] if mode == "-sess_out" or session.exists() else []
+    return subprocess.run(
+        [
+            "openssl", "s_client", tls_flag, "-quiet", "-verify_return_error",
+            "-connect", f"127.0.0.1:{port}", "-CAfile", str(test_pki.ca_cert),
+            "-cert", str(client.cert), "-key", str(client.key), *session_args,
+        ],
+        input=b"GET / HTTP/1.0\r\n\r\n",
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("tls_flag", ["-tls1_2", "-tls1_3"])
+@pytest_twisted.ensureDeferred
+async def test_retired_certificate_cannot_resume_a_session(
+    test_pki: TestPki, tmp_path: Path, tls_flag: str
+) -> None:
+    """A client offering a saved TLS session after its certificate was retired is still refused."""
+    registry = test_pki.registry
+    listener = await _listen(test_pki, registry)
+    session = tmp_path / "session.pem"
+    try:
+        first = await deferToThread(
+            _s_client_with_session, listener.number, test_pki, test_pki.retiring, tls_flag,
+            session, "-sess_out",
+        )  # fmt: skip
+        del registry[test_pki.retiring.fingerprint]
+        second = await deferToThread(
+            _s_client_with_session, listener.number, test_pki, test_pki.retiring, tls_flag,
+            session, "-sess_in",
+        )  # fmt: skip
+    finally:
+        await listener.port.stopListening()
+    assert first.returncode == 0 and first.stdout.endswith(b"BETA"), first.stderr
+    assert b"BETA" not in second.stdout
+    assert b"alert" in second.stderr, second.stderr
+
+
 @pytest.fixture
 def trust_dirs(test_pki: TestPki, tmp_path: Path) -> tuple[Path, Path]:
     """A CA directory and a CRL directory holding copies of the session CA and CRL."""
