@@ -466,7 +466,11 @@ class PartnerTrustStore:
             # Only connections made by _PartnerTLSFactory can carry an identity.
             return False
         if not ok:
-            protocol._refuse(_x509_error(errno), fingerprint_sha256(cert.to_cryptography()))
+            reason = _x509_error(errno)
+            if depth > 0:
+                # The fingerprint logged is then an issuer's, not the client's own.
+                reason += f" at chain depth {depth}"
+            protocol._refuse(reason, fingerprint_sha256(cert.to_cryptography()))
             return False
         if depth > 0:
             return True
