@@ -133,6 +133,7 @@ def decide_and_store(conn: Connection, inbound: Inbound, inspection: Inspection,
     now = _now()
     keys = model.idempotency_keys
 
+    _wait_for_same_key(conn, inbound.partner_id, key)
     known = conn.execute(
         sa.select(keys.c.digest, keys.c.ack_id).where(keys.c.partner_id == inbound.partner_id, keys.c.key == key)
     ).first()
@@ -254,6 +255,24 @@ def decide_and_store(conn: Connection, inbound: Inbound, inspection: Inspection,
         "result": "Yes" if ack.accepted else "No", "transaction": ack.transaction_name,
         "requester_id": ack.requester_ref, "provider_id": ack.provider_ref, "state": ack.current_state,
         "errors": [{"code": p.code.code, "path": p.path} for p in ack.errors], "ack_id": ack.ack_id})
+
+
+def _wait_for_same_key(conn: Connection, partner_id: str, key: str) -> None:
+    """Make transactions with the same idempotency key wait for each other.
+
+    Without this, on PostgreSQL (READ COMMITTED, several DB threads, several nodes) a copy
+    sent on another connection reads "key unknown" while the original is still being
+    decided, then waits for the original's incident row lock and is decided against the
+    state the original left: a resent Entitlement came back ``not-allowed-in-state`` (409)
+    instead of as the duplicate of the accepted one.  The transaction-scoped advisory lock
+    makes the copy's key lookup run after the original committed.  SQLite needs nothing:
+    ``BEGIN IMMEDIATE`` already serialises every writer.
+    """
+    if conn.dialect.name == "postgresql":
+        # Partner ids hold no spaces, so "partner key" names one (partner, key) pair; a
+        # hash collision between two pairs only makes them wait for each other.
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:pair, 0))"),
+                     {"pair": f"{partner_id} {key}"})
 
 
 def _provider_for(conn: Connection, requester_id: str, contract_id: str) -> str | None:
