@@ -86,6 +86,7 @@ class CurlResult:
     body: bytes
     stderr: str
     seconds: float
+    bytes_sent: int  # of the request body, as curl counted it (%{size_upload})
 
     @property
     def ack(self) -> etree._Element | None:
@@ -300,7 +301,7 @@ class RunningHub:
             body_file = Path(name)
         out = Path(tempfile.mkstemp(dir=self._files, suffix=".ack")[1])
         args = [CURL, "--silent", "--show-error", "--cacert", str(self.ca_cert),
-                "--max-time", str(max_time), "--output", str(out), "--write-out", "%{http_code}",
+                "--max-time", str(max_time), "--output", str(out), "--write-out", "%{http_code} %{size_upload}",
                 "-H", "Content-Type: application/xml", "--data-binary", f"@{body_file}"]
         if tls == "1.2":
             args += ["--tlsv1.2", "--tls-max", "1.2"]
@@ -319,9 +320,9 @@ class RunningHub:
         started = time.monotonic()
         done = subprocess.run(args, capture_output=True, timeout=max_time + 15)
         seconds = time.monotonic() - started
-        status = done.stdout.decode().strip()
+        status, _, sent = done.stdout.decode().strip().partition(" ")
         result = CurlResult(done.returncode, int(status) if status.isdigit() else 0, out.read_bytes(),
-                            done.stderr.decode("utf-8", "replace"), seconds)
+                            done.stderr.decode("utf-8", "replace"), seconds, int(float(sent or 0)))
         out.unlink()
         return result
 
