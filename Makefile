@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo
 PYTEST_ARGS ?=
 
-.PHONY: run test lint contract-doc clean-demo venv
+.PHONY: run test lint contract-doc clean-demo venv pg-start
 
 venv: $(STAMP)
 
@@ -20,8 +20,20 @@ run: $(STAMP)
 	test -f $(DEMO_DIR)/gsem.toml || $(BIN)/gsem init $(DEMO_DIR) --demo
 	$(BIN)/gsem --data-dir $(DEMO_DIR) serve
 
+# The storage tests also run against a real PostgreSQL: .ci/pg-start installs it if
+# needed, starts a throw-away cluster and prints its URL. Set GSEM_TEST_PG_URL yourself
+# to use another server. If it cannot start, the tests still run and the PostgreSQL
+# ones are skipped with the reason.
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	@url="$${GSEM_TEST_PG_URL:-}"; reason=""; \
+	if [ -z "$$url" ]; then \
+		url=$$(bash .ci/pg-start) || { url=""; reason=".ci/pg-start could not start PostgreSQL (see its messages above)"; }; \
+	fi; \
+	echo "GSEM_TEST_PG_URL=$$url"; \
+	GSEM_TEST_PG_URL="$$url" GSEM_TEST_PG_SKIP_REASON="$$reason" $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+pg-start:
+	bash .ci/pg-start
 
 lint: $(STAMP)
 	$(BIN)/ruff check gsem transactions chs_adapters tests
