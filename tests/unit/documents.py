@@ -8,12 +8,17 @@ makes :func:`build` fail loudly, so a new matrix row cannot go untested.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import random
+import sys
 from collections.abc import Iterable, Mapping, Sequence
+from unittest import mock
 
 from lxml import etree
 
+from gsem import cli
 from gsem.contract import NO_INCIDENT, Mark, Role, State, TransactionSpec
 from gsem.validation import Inspection, validate_document
 
@@ -280,3 +285,20 @@ def errors(inspection: Inspection) -> list[tuple[str, str | None]]:
 def warnings(inspection: Inspection) -> list[tuple[str, str | None]]:
     """What a partner sees of the warnings: (code, path)."""
     return [(p.code.code, p.path) for p in inspection.warnings]
+
+
+def run_gsem(*argv: str, stdin: bytes = b"") -> tuple[int, bytes, str]:
+    """Run ``gsem ARGV`` in-process with *stdin*; returns (exit status, stdout bytes, stderr text)."""
+    out, err = io.BytesIO(), io.StringIO()
+    stdout = io.TextIOWrapper(out, encoding="utf-8", write_through=True)
+    with (
+        contextlib.redirect_stdout(stdout),
+        contextlib.redirect_stderr(err),
+        mock.patch.object(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8")),
+    ):
+        try:
+            status = cli.main(list(argv))
+        except SystemExit as e:  # argparse: --help, usage errors
+            status = e.code if isinstance(e.code, int) else 2
+    stdout.flush()
+    return status, out.getvalue(), err.getvalue()
