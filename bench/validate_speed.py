@@ -1,0 +1,161 @@
+"""How long gsem takes to validate one ~2 KB Service_Request on one core, and where the time goes.
+
+Not a test: run it as ``.venv/bin/python bench/validate_speed.py [-n ITERATIONS]``.
+
+Each stage adds work to the one before, so the differences show what each costs:
+
+1. lxml parse: ``etree.fromstring`` with a parser set up like gsem's (the floor);
+2. lxml parse + schema: that plus libxml2's ``XMLSchema.validate`` (the STYLE.md hot path);
+3. gsem hardened parse: ``gsem.xmlsafe.parse_document`` (size, encoding, DOCTYPE, entity,
+   element-count and depth checks around the parse);
+4. gsem validate_document: the whole contract (parse, prune, cardinalities, schema,
+   matrix, rules, state) as the hub runs it for every inbound document.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+# Runnable from a checkout without installing: the package sits next to bench/.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from lxml import etree  # noqa: E402
+
+from gsem.contract import Role  # noqa: E402
+from gsem.schema import incident_schema  # noqa: E402
+from gsem.validation import DocumentValidator, validate_document  # noqa: E402
+from gsem.xmlsafe import parse_document  # noqa: E402
+
+DOCUMENT = b"""\
+<?xml version="1.0" encoding="UTF-8"?>
+<SERVICE_INCIDENT>
+  <TransactionName>Service_Request</TransactionName>
+  <RequesterID>ACME-INC-20931</RequesterID>
+  <RequesterSeverity>2</RequesterSeverity>
+  <Comment>Settlement file for 21 Nov rejected by the market gateway</Comment>
+  <ACTIVITY>
+    <LocalDate>2026-11-22 08:02:11,2026-11-22 09:02:11</LocalDate>
+    <ActionLog>Raised by the ACME service desk</ActionLog>
+  </ACTIVITY>
+  <AGREEMENT>
+    <ContractID>C-100;CN=C-100</ContractID>
+    <AgreementType>Premium 24x7;SN=GW-4471;LN=SD-88120</AgreementType>
+  </AGREEMENT>
+  <SERVICE_REQUESTER>
+    <PERSON>
+      <FirstName>Priya</FirstName>
+      <LastName>Natarajan</LastName>
+      <LOCATION><LocationType>Primary_Voice</LocationType><LocationID>+44 20 7946 0321</LocationID></LOCATION>
+      <LOCATION><LocationType>Email</LocationType><LocationID>p.natarajan@acme.example</LocationID></LOCATION>
+    </PERSON>
+    <ORGANIZATION><Name>ACME Water Retail</Name></ORGANIZATION>
+    <ADDRESS>
+      <AddressType>Primary</AddressType><Address1>1 Quay Street</Address1>
+      <City>Bristol</City><PostalCode>BS1 4DJ</PostalCode><Country>GB</Country>
+    </ADDRESS>
+  </SERVICE_REQUESTER>
+  <PROBLEM>
+    <STATEMENT><StatementRole>Title</StatementRole><Text>Settlement file rejected with code E117</Text></STATEMENT>
+    <STATEMENT><StatementRole>Symptom</StatementRole><Text>Upload of SETTLE-20261121.csv returns E117 (duplicate header)</Text></STATEMENT>
+    <STATEMENT><StatementRole>Changes</StatementRole><Text>Gateway upgraded to 4.2 on 20 Nov</Text></STATEMENT>
+    <PRODUCT><Vendor>Globex</Vendor><ProductName>Market Gateway</ProductName><Version>4.2</Version></PRODUCT>
+  </PROBLEM>
+  <ATTACHMENT>
+    <AttachmentName>upload.log</AttachmentName>
+    <Format>text/plain</Format>
+    <AttachmentObject>MjAyNi0xMS0yMSAyMzo1OTowMSBFMTE3IGR1cGxpY2F0ZSBoZWFkZXIK</AttachmentObject>
+  </ATTACHMENT>
+</SERVICE_INCIDENT>
+"""
+
+
+def _pin_to_one_core() -> str:
+    if not hasattr(os, "sched_setaffinity"):
+        return "not pinned (no sched_setaffinity)"
+    core = min(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {core})
+    return f"pinned to CPU {core}"
+
+
+def _measure(work: Callable[[], object], warmup: int, iterations: int) -> list[float]:
+    for _ in range(warmup):
+        work()
+    timings = []
+    clock = time.perf_counter_ns
+    for _ in range(iterations):
+        start = clock()
+        work()
+        timings.append((clock() - start) / 1000)
+    return timings
+
+
+def _report(name: str, timings: list[float]) -> None:
+    timings = sorted(timings)
+    mean = statistics.fmean(timings)
+    p50 = timings[len(timings) // 2]
+    p99 = timings[min(len(timings) - 1, int(len(timings) * 0.99))]
+    print(f"{name:<28} {mean:9.1f} {p50:9.1f} {p99:9.1f} {1e6 / mean:12,.0f}")
+
+
+def main() -> int:
+    """Measure each stage and print a table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "-n", "--iterations", type=int, default=5000, help="timed documents per stage"
+    )
+    parser.add_argument("--warmup", type=int, default=500, help="untimed documents per stage first")
+    args = parser.parse_args()
+
+    # Check the document is what we claim before timing anything.
+    inspection, spec = validate_document(DOCUMENT, role=Role.REQUESTER, state=None)
+    if inspection.errors or inspection.warnings or spec is None:
+        print(
+            f"the benchmark document is not clean: {inspection.errors + inspection.warnings}",
+            file=sys.stderr,
+        )
+        return 1
+
+    lxml_parser = etree.XMLParser(
+        resolve_entities=False,
+        no_network=True,
+        load_dtd=False,
+        huge_tree=False,
+        remove_comments=True,
+        remove_pis=True,
+        collect_ids=False,
+    )
+    schema = incident_schema()
+    validator = DocumentValidator()
+
+    stages: list[tuple[str, Callable[[], object]]] = [
+        ("lxml parse", lambda: etree.fromstring(DOCUMENT, lxml_parser)),
+        ("lxml parse + schema", lambda: schema.validate(etree.fromstring(DOCUMENT, lxml_parser))),
+        ("gsem hardened parse", lambda: parse_document(DOCUMENT)),
+        (
+            "gsem validate_document",
+            lambda: validate_document(
+                DOCUMENT, role=Role.REQUESTER, state=None, validator=validator
+            ),
+        ),
+    ]
+
+    print(f"document: {len(DOCUMENT)} bytes, Service_Request; {_pin_to_one_core()}")
+    print(
+        f"Python {sys.version.split()[0]}, lxml {etree.__version__}, libxml2 "
+        f"{'.'.join(map(str, etree.LIBXML_VERSION))}; {args.warmup} warm-up, {args.iterations} timed per stage"
+    )
+    print()
+    print(f"{'stage':<28} {'mean µs':>9} {'p50 µs':>9} {'p99 µs':>9} {'documents/s':>12}")
+    for name, work in stages:
+        _report(name, _measure(work, args.warmup, args.iterations))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
