@@ -83,12 +83,18 @@ class DocumentValidator:
             inspection.tree = None
             return inspection
         self._prune_and_count(root, self._catalogue.root_type, inspection, strict)
+        name = inspection.text("TransactionName")
+        specs = registry.specs_named(name) if name else ()
+        if specs:
+            # Drop what no declaration of this transaction uses before the schema sees it:
+            # an ignored element cannot be a reason to refuse (SPEC §4.1 "ignored if present").
+            used = frozenset().union(*(spec.top_level_elements() for spec in specs))
+            self._drop_unused(root, used, name, inspection)
         if not self._schema.validate(tree):
             for entry in self._schema.error_log:
                 inspection.errors.append(
                     Problem(AckCode.SCHEMA_VIOLATION, _schema_message(entry.message), entry.path or None)
                 )
-        name = inspection.text("TransactionName")
         inspection.transaction_name = name
         if name is None:
             inspection.errors.append(
@@ -152,17 +158,20 @@ class DocumentValidator:
                 )
             )
 
+    @staticmethod
+    def _drop_unused(root: etree._Element, used: frozenset[str], name: str, inspection: Inspection) -> None:
+        for child in list(root):
+            if child.tag not in used:
+                inspection.warnings.append(
+                    Problem(WarningCode.IGNORED_ELEMENT, f"{child.tag} is not used by {name}; ignored", _path(child))
+                )
+                root.remove(child)
+
     def check_matrix(self, inspection: Inspection, spec: TransactionSpec) -> None:
         """Apply *spec*'s field matrix and rules; drop elements it ignores (with warnings)."""
         root = inspection.root
         assert root is not None
-        used = spec.top_level_elements()
-        for child in list(root):
-            if child.tag not in used:
-                inspection.warnings.append(
-                    Problem(WarningCode.IGNORED_ELEMENT, f"{child.tag} is not used by {spec.name}; ignored", _path(child))
-                )
-                root.remove(child)
+        self._drop_unused(root, spec.top_level_elements(), spec.name, inspection)
         for path, cell in spec.fields.items():
             present = root.findall(path)
             if cell.mark is Mark.MANDATORY and not present:

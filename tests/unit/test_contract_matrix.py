@@ -6,6 +6,8 @@ so a new matrix row is tested without touching this file.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from documents import (
     SNIPPETS,
@@ -23,8 +25,9 @@ from documents import (
     warnings,
 )
 
-from gsem.contract import Mark
+from gsem.contract import Mark, Role
 from gsem.schema import catalogue
+from gsem.validation import validate_document
 from transactions import registry
 
 SPECS = registry.all_specs()
@@ -355,3 +358,14 @@ def test_wrong_root_element_is_schema_violation() -> None:
     """A document whose root is not SERVICE_INCIDENT is a schema-violation at the root."""
     inspection = validate(b"<SERVICE_REQUEST><RequesterID>a</RequesterID></SERVICE_REQUEST>")
     assert errors(inspection) == [("schema-violation", "/SERVICE_REQUEST")]
+
+
+def test_bad_value_in_an_element_the_matrix_ignores_is_not_a_reason_to_refuse():
+    """An ignored element is dropped before the schema check, so its content cannot reject the document."""
+    fixture = Path(__file__).parent.parent / "fixtures" / "lifecycle" / "01-service-request.xml"
+    data = fixture.read_bytes().replace(
+        b"<RequesterSeverity>2</RequesterSeverity>", b"<RequesterSeverity>2</RequesterSeverity><Entitled>Maybe</Entitled>"
+    )
+    inspection, _ = validate_document(data, role=Role.REQUESTER, state=None)
+    assert inspection.errors == []
+    assert [(w.code.code, w.path) for w in inspection.warnings] == [("ignored-element", "/SERVICE_INCIDENT/Entitled")]
