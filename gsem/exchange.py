@@ -249,6 +249,7 @@ def decide_and_store(conn: Connection, inbound: Inbound, inspection: Inspection,
         if spec is not None and spec.name != "Query_Incident" and recipient is not None:
             conn.execute(model.deliveries.insert().values(
                 message_id=message_id, incident_id=incident_id, recipient_id=recipient, state="pending",
+                transaction_name=ack.transaction_name, requester_ref=ack.requester_ref,
                 document=forwarded_document(inbound.body, state=ack.current_state, provider_ref=ack.provider_ref),
                 attempts=0, next_attempt_at=now, created_at=now, updated_at=now))
     return Outcome(ack.http_status, document, {

@@ -18,6 +18,8 @@ __all__ = [
     "idempotency_keys",
     "acknowledgements",
     "deliveries",
+    "delivery_attempts",
+    "delivery_audit",
 ]
 
 metadata = sa.MetaData()
@@ -142,6 +144,12 @@ acknowledgements = sa.Table(
 )
 
 #: The transactional outbox: one record per accepted transaction to forward (SPEC §7).
+#:
+#: States: ``pending`` (waiting for its turn or its next attempt), ``sent`` (handed over
+#: by spool or pull; the receiver's acknowledgement is awaited), ``acknowledged`` (the
+#: receiver said Yes), ``dead`` (permanent failure or retries exhausted), ``discarded``
+#: and ``replayed`` (an operator's decision on a dead one).  Per incident, deliveries go
+#: out in ``message_id`` order; a replay keeps the message id, so it keeps its place.
 deliveries = sa.Table(
     "deliveries",
     metadata,
@@ -149,7 +157,7 @@ deliveries = sa.Table(
     sa.Column("message_id", sa.Integer, sa.ForeignKey("messages.id"), nullable=False),
     sa.Column("incident_id", sa.Integer, sa.ForeignKey("incidents.id"), nullable=False, index=True),
     sa.Column("recipient_id", sa.String(64), nullable=False, index=True),
-    sa.Column("state", sa.String(16), nullable=False),  # pending | delivered | dead | discarded
+    sa.Column("state", sa.String(16), nullable=False),
     sa.Column("document", sa.LargeBinary, nullable=False),  # what the receiver gets
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("next_attempt_at", sa.DateTime, nullable=True),
@@ -157,4 +165,45 @@ deliveries = sa.Table(
     sa.Column("receiver_ack", sa.LargeBinary, nullable=True),
     sa.Column("created_at", sa.DateTime, nullable=False),
     sa.Column("updated_at", sa.DateTime, nullable=False),
+    # added by 0002_delivery
+    sa.Column("transaction_name", sa.String(64), nullable=True),
+    sa.Column("requester_ref", sa.String(64), nullable=True),
+    # a node (or a pull mailbox) holds a delivery while it works on it
+    sa.Column("lease_owner", sa.String(100), nullable=True),
+    sa.Column("lease_until", sa.DateTime, nullable=True),
+    sa.Column("delivered_at", sa.DateTime, nullable=True),  # handed over to the receiver
+    sa.Column("acknowledged_at", sa.DateTime, nullable=True),  # the receiver's acknowledgement
+    sa.Column("replay_of", sa.Integer, sa.ForeignKey("deliveries.id"), nullable=True),
+    sa.Index("ix_deliveries_incident_order", "incident_id", "message_id"),
+    sa.Index("ix_deliveries_due", "state", "next_attempt_at"),
+)
+
+#: Every attempt to hand a delivery over, and what came of it (SPEC §8: one log line each).
+delivery_attempts = sa.Table(
+    "delivery_attempts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("delivery_id", sa.Integer, sa.ForeignKey("deliveries.id"), nullable=False, index=True),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("node", sa.String(100), nullable=False),
+    sa.Column("started_at", sa.DateTime, nullable=False),
+    sa.Column("finished_at", sa.DateTime, nullable=False),
+    # acknowledged | accepted | transient | permanent
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("http_status", sa.Integer, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("receiver_ack", sa.LargeBinary, nullable=True),
+)
+
+#: Operators' replays and discards: who, when, why (SPEC §7).
+delivery_audit = sa.Table(
+    "delivery_audit",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("delivery_id", sa.Integer, sa.ForeignKey("deliveries.id"), nullable=False, index=True),
+    sa.Column("action", sa.String(16), nullable=False),  # replay | discard
+    sa.Column("actor", sa.String(100), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("at", sa.DateTime, nullable=False),
+    sa.Column("new_delivery_id", sa.Integer, sa.ForeignKey("deliveries.id"), nullable=True),
 )
