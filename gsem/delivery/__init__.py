@@ -1,0 +1,3 @@
+"""Forwarding accepted transactions to the counterparty (SPEC §7)."""
+
+__all__: list[str] = []
