@@ -98,6 +98,13 @@ def _find_incident(conn: Connection, inbound: Inbound, inspection: Inspection) -
                 continue
             mine.append((row, role))
     if not mine:
+        if any(inbound.partner_id in (row.requester_id, row.provider_id) for row in rows):
+            # The partner's own incident, named with a ProviderID that is not its: there
+            # is no incident with that pair for this partner, not a foreign one.
+            return _Found(problems=[Problem(
+                AckCode.UNKNOWN_INCIDENT,
+                f"no incident {requester_ref!r} with ProviderID {provider_ref!r} for this partner",
+                "/SERVICE_INCIDENT/ProviderID")])
         if rows:
             # The RequesterID exists, but not among this partner's incidents: a partner
             # can never touch another partner's incident.
