@@ -8,6 +8,7 @@ declarations, so they cannot disagree.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -151,6 +152,7 @@ class TransactionSpec:
         """True for the transaction that opens an incident (Service_Request)."""
         return NO_INCIDENT in self.allowed_in
 
+    @functools.cached_property
     def top_level_elements(self) -> frozenset[str]:
         """The root children this matrix uses (AGREEMENT for AGREEMENT/ContractID)."""
         return frozenset(path.split("/", 1)[0] for path in self.fields) | {"TransactionName"}

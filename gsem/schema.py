@@ -54,9 +54,17 @@ class SchemaCatalogue:
                     type_name=type_name if type_name in complex_names else None,
                 )
             self.types[complex_type.get("name")] = children
+        self._required = {
+            name: tuple(decl for decl in children.values() if decl.min_occurs > 0)
+            for name, children in self.types.items()
+        }
         top = root.find(f"{XS}element")
         self.root_name: str = top.get("name")
         self.root_type: str = top.get("type")
+
+    def required(self, type_name: str) -> tuple[ChildDecl, ...]:
+        """The children *type_name* must have (``minOccurs`` above zero)."""
+        return self._required[type_name]
 
     def child(self, path: str) -> ChildDecl | None:
         """The declaration at a slash path below the root, e.g. ``AGREEMENT/ContractID``."""

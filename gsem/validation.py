@@ -88,7 +88,7 @@ class DocumentValidator:
         if specs:
             # Drop what no declaration of this transaction uses before the schema sees it:
             # an ignored element cannot be a reason to refuse (SPEC §4.1 "ignored if present").
-            used = frozenset().union(*(spec.top_level_elements() for spec in specs))
+            used = frozenset().union(*(spec.top_level_elements for spec in specs))
             self._drop_unused(root, used, name, inspection)
         if not self._schema.validate(tree):
             for entry in self._schema.error_log:
@@ -135,9 +135,11 @@ class DocumentValidator:
             counts[name] = counts.get(name, 0) + 1
             if decl.type_name is not None:
                 self._prune_and_count(child, decl.type_name, inspection, strict)
-        for name, decl in declared.items():
-            count = counts.get(name, 0)
-            if decl.max_occurs is not None and count > decl.max_occurs:
+        # Only names seen more than once can break a maxOccurs, and only the few
+        # children a type requires can break a minOccurs: no loop over every declaration.
+        for name, count in counts.items():
+            decl = declared[name]
+            if count > 1 and decl.max_occurs is not None and count > decl.max_occurs:
                 inspection.errors.append(
                     Problem(
                         AckCode.SCHEMA_VIOLATION,
@@ -145,9 +147,10 @@ class DocumentValidator:
                         f"{_path(element)}/{name}",
                     )
                 )
-            elif count < decl.min_occurs:
+        for decl in self._catalogue.required(type_name):
+            if counts.get(decl.name, 0) < decl.min_occurs:
                 inspection.errors.append(
-                    Problem(AckCode.SCHEMA_VIOLATION, f"{element.tag} needs {name}", f"{_path(element)}/{name}")
+                    Problem(AckCode.SCHEMA_VIOLATION, f"{element.tag} needs {decl.name}", f"{_path(element)}/{decl.name}")
                 )
         if element.tag == "ATTACHMENT" and counts.get("AttachmentReference", 0) + counts.get("AttachmentObject", 0) != 1:
             inspection.errors.append(
@@ -171,7 +174,7 @@ class DocumentValidator:
         """Apply *spec*'s field matrix and rules; drop elements it ignores (with warnings)."""
         root = inspection.root
         assert root is not None
-        self._drop_unused(root, spec.top_level_elements(), spec.name, inspection)
+        self._drop_unused(root, spec.top_level_elements, spec.name, inspection)
         for path, cell in spec.fields.items():
             present = root.findall(path)
             if cell.mark is Mark.MANDATORY and not present:

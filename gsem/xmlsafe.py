@@ -7,6 +7,7 @@ declare entities without using them); depth and element count are capped on the 
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from dataclasses import dataclass
@@ -99,25 +100,18 @@ def parse_document(data: bytes, limits: ParseLimits = ParseLimits()) -> etree._E
     if docinfo.doctype or docinfo.internalDTD is not None or docinfo.externalDTD is not None:
         raise _reject(AckCode.MALFORMED_XML, "a DOCTYPE is not allowed")
     root = tree.getroot()
-    count = 0
-    for element in root.iter():
-        if isinstance(element, etree._Entity):
-            raise _reject(AckCode.MALFORMED_XML, "entity references are not allowed")
-        count += 1
-        if count > limits.max_elements:
-            raise _reject(AckCode.TOO_LARGE, f"more than {limits.max_elements} elements")
-    depth = _depth(root)
-    if depth > limits.max_depth:
-        raise _reject(AckCode.TOO_LARGE, f"the document is {depth} levels deep; the limit is {limits.max_depth}")
+    # Walk in libxml2, not in Python: these checks run on every document (hot path).
+    for _ in root.iter(etree.Entity):
+        raise _reject(AckCode.MALFORMED_XML, "entity references are not allowed")
+    count_elements, too_deep = _tree_checks(limits.max_depth)
+    if count_elements(root) > limits.max_elements:
+        raise _reject(AckCode.TOO_LARGE, f"more than {limits.max_elements} elements")
+    if too_deep(root):
+        raise _reject(AckCode.TOO_LARGE, f"the document is more than {limits.max_depth} levels deep")
     return tree
 
 
-def _depth(root: etree._Element) -> int:
-    deepest = 1
-    stack = [(root, 1)]
-    while stack:
-        element, depth = stack.pop()
-        if depth > deepest:
-            deepest = depth
-        stack.extend((child, depth + 1) for child in element)
-    return deepest
+@functools.cache
+def _tree_checks(max_depth: int) -> tuple[etree.XPath, etree.XPath]:
+    """Compiled XPaths: the element count, and whether any element lies below *max_depth*."""
+    return etree.XPath("count(//*)"), etree.XPath("boolean(/*" + "/*" * max_depth + ")")

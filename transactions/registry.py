@@ -41,7 +41,15 @@ def names() -> tuple[str, ...]:
 
 def specs_named(name: str) -> tuple[TransactionSpec, ...]:
     """The declarations of transaction *name* (two for Provide_Problem_Information)."""
-    return tuple(spec for spec in all_specs() if spec.name == name)
+    return _by_name().get(name, ())
+
+
+@cache
+def _by_name() -> dict[str, tuple[TransactionSpec, ...]]:
+    by_name: dict[str, tuple[TransactionSpec, ...]] = {}
+    for spec in all_specs():
+        by_name[spec.name] = by_name.get(spec.name, ()) + (spec,)
+    return by_name
 
 
 def find(name: str, role: Role) -> TransactionSpec | None:

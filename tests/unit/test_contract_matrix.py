@@ -91,7 +91,7 @@ def _unused_root_children() -> list:
         pytest.param(spec, name, id=f"{label(spec)}-{name}")
         for spec in SPECS
         for name in catalogue().types[catalogue().root_type]
-        if name not in spec.top_level_elements()
+        if name not in spec.top_level_elements
     ]
 
 
