@@ -8,6 +8,8 @@ the outbox of deliveries) is checked against SPEC §4–§7.
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -127,6 +129,28 @@ def test_lifecycle_is_stored_and_forwarded(hub_any_db: RunningHub) -> None:
     assert sum('"event":"acknowledgement"' in line for line in hub.stdout_lines()) == len(LIFECYCLE)
 
 
+def test_operator_sees_the_incident_history(hub_any_db: RunningHub) -> None:
+    """'gsem incidents show' lists the eight transactions with their states and AckIDs, the query, and eight deliveries."""
+    hub = hub_any_db
+    results = _run_lifecycle(hub)
+    out = hub.gsem("incidents", "show", "--requester", "ACME", "--requester-id", REQUESTER_ID)
+    assert re.search(r"^incident \d+: Closed$", out, re.M), out
+    assert re.search(r"provider\s+GLOBEX, ProviderID GX-55012", out), out
+    history = re.findall(r"^\s*\d+\.\s+\S+ \S+\s+(\w+) from (\w+)\s*\n\s+(\S+) -> (\w+)\s+ack (\w+)", out, re.M)
+    expected = []
+    before = "(new)"
+    for (name, sender, state), (_, ack) in zip(LIFECYCLE, results, strict=True):
+        transaction = etree.fromstring((FIXTURES / name).read_bytes()).findtext("TransactionName")
+        expected.append((transaction, sender, before, state, ack_text(ack, "AckID")))
+        before = state
+    assert history == expected, out
+    assert re.search(r"^deliveries: 8$", out, re.M), out
+    deliveries = re.findall(r"#\d+ (\w+) to (\w+): pending", out)
+    assert deliveries == [(t, COUNTERPARTY[s]) for t, s, *_ in expected[:8]], out
+    listed = hub.gsem("incidents", "list", "--state", "Closed")
+    assert REQUESTER_ID in listed and PROVIDER_ID in listed
+
+
 def test_rejected_service_request_lists_every_problem(hub_any_db: RunningHub) -> None:
     """A Service_Request without ContractID and with severity 9 gets 422 naming both, and is logged as No."""
     hub = hub_any_db
@@ -145,3 +169,10 @@ def test_rejected_service_request_lists_every_problem(hub_any_db: RunningHub) ->
                        a=ack_text(ack, "AckID"))
     assert stored == [{"result": "No", "http_status": 422,
                        "error_codes": ",schema-violation,missing-mandatory,"}]
+    # What an operator sees: the rejection among the acknowledgements that said No.
+    rejections = json.loads(hub.gsem("acks", "--result", "No", "--format", "json"))
+    assert [(a["ack_id"], a["partner"], a["transaction"], a["requester_id"], a["http_status"],
+             sorted(a["error_codes"])) for a in rejections] == [
+        (ack_text(ack, "AckID"), "ACME", "Service_Request", "ACME-INC-BAD", 422,
+         ["missing-mandatory", "schema-violation"])]
+    assert json.loads(hub.gsem("acks", "--result", "Yes", "--format", "json")) == []
