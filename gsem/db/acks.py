@@ -3,6 +3,11 @@
 Every message the hub read got exactly one acknowledgement; :func:`list_acks` filters
 them by partner, transaction, RequesterID, result, error code and time.  Ack ids are
 ULIDs, so ordering by id is ordering by time.
+
+Each row carries the three acknowledgements of its transaction (SPEC §7): the hub's
+(``result``), the delivery to the other party (``delivery_state``, ``delivered_at``) and
+the receiver's own (``receiver_result``).  The delivery is the latest one of the message:
+a replay, when the first delivery was replayed.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy import Connection
 
 from gsem.db import model
+from gsem.db.deliveries import receiver_result
 
 __all__ = ["AckRow", "list_acks", "get_ack", "parse_error_codes"]
 
@@ -33,6 +39,13 @@ class AckRow:
     error_codes: tuple[str, ...]
     state_after: str | None
     message_id: int
+    # the delivery of the transaction to the other party; None when there is none
+    # (rejected, Query_Incident)
+    delivery_id: int | None = None
+    recipient_id: str | None = None
+    delivery_state: str | None = None  # pending | sent | acknowledged | dead | …
+    delivered_at: dt.datetime | None = None
+    receiver_result: str | None = None  # the receiver's Acknowledge: Yes | No | None (not yet)
 
 
 def parse_error_codes(stored: str) -> tuple[str, ...]:
@@ -53,6 +66,12 @@ def _ack(row: sa.Row) -> AckRow:
         error_codes=parse_error_codes(row.error_codes or ""),
         state_after=row.state_after,
         message_id=row.message_id,
+        delivery_id=row.delivery_id,
+        recipient_id=row.recipient_id,
+        delivery_state=row.delivery_state,
+        delivered_at=row.delivered_at,
+        receiver_result=(None if row.delivery_state is None
+                         else receiver_result(row.delivery_state, bool(row.has_receiver_ack))),
     )
 
 
@@ -82,7 +101,7 @@ def list_acks(
     *limit* ``None`` means all.
     """
     t = model.acknowledgements
-    query = sa.select(*(c for c in t.c if c.name != "document"))
+    query = _with_delivery(sa.select(*(c for c in t.c if c.name != "document")))
     if partner is not None:
         query = query.where(t.c.partner_id == partner)
     if transaction is not None:
@@ -105,8 +124,26 @@ def list_acks(
     return [_ack(row) for row in conn.execute(query)]
 
 
+def _with_delivery(query: sa.Select) -> sa.Select:
+    """*query* on acknowledgements, joined to the latest delivery of each one's message."""
+    t = model.acknowledgements
+    m = model.messages
+    d = model.deliveries
+    other = d.alias("other_delivery")
+    # By incident and message: the (incident_id, message_id) index answers it.
+    latest = (
+        sa.select(sa.func.max(other.c.id))
+        .where(other.c.incident_id == m.c.incident_id, other.c.message_id == t.c.message_id)
+        .scalar_subquery()
+    )
+    return query.add_columns(
+        d.c.id.label("delivery_id"), d.c.recipient_id, d.c.state.label("delivery_state"),
+        d.c.delivered_at, d.c.receiver_ack.is_not(None).label("has_receiver_ack"),
+    ).select_from(t.join(m, m.c.id == t.c.message_id).outerjoin(d, d.c.id == latest))
+
+
 def get_ack(conn: Connection, ack_id: str) -> tuple[AckRow, bytes] | None:
     """One acknowledgement and the XML document that was sent, or ``None``."""
     t = model.acknowledgements
-    row = conn.execute(sa.select(t).where(t.c.ack_id == ack_id)).first()
+    row = conn.execute(_with_delivery(sa.select(t)).where(t.c.ack_id == ack_id)).first()
     return None if row is None else (_ack(row), row.document)

@@ -14,6 +14,7 @@ from sqlalchemy import Connection
 
 from gsem.db import model
 from gsem.db.acks import parse_error_codes
+from gsem.db.deliveries import receiver_result
 from gsem.errors import GsemError
 
 __all__ = [
@@ -60,6 +61,13 @@ class HistoryEntry:
     ack_id: str
     http_status: int | None
     error_codes: tuple[str, ...]
+    # the three acknowledgements (SPEC §7): the hub's is ``accepted`` (and ``ack_id``);
+    # then the latest delivery of the message to the other party, and the receiver's answer
+    delivery_id: int | None = None
+    recipient_id: str | None = None
+    delivery_state: str | None = None
+    delivered_at: dt.datetime | None = None
+    receiver_result: str | None = None  # Yes | No | None (not yet, or no delivery)
 
 
 @dataclass(frozen=True)
@@ -70,13 +78,17 @@ class DeliveryEntry:
     message_id: int
     transaction_name: str | None
     recipient_id: str
-    state: str  # pending | delivered | dead | discarded
+    state: str  # see gsem.db.deliveries.STATES
     attempts: int
     next_attempt_at: dt.datetime | None
     last_error: str | None
-    receiver_acknowledged: bool
+    receiver_acknowledged: bool  # the receiver's ACKNOWLEDGEMENT (Yes or No) is kept
     created_at: dt.datetime
     updated_at: dt.datetime
+    delivered_at: dt.datetime | None = None
+    acknowledged_at: dt.datetime | None = None
+    receiver_result: str | None = None  # Yes | No | None (not yet)
+    replay_of: int | None = None
 
 
 @dataclass(frozen=True)
@@ -145,10 +157,21 @@ def get_incident(conn: Connection, incident: int | tuple[str, str]) -> IncidentD
 
     m = model.messages
     a = model.acknowledgements
+    d = model.deliveries
+    other = d.alias("other_delivery")
+    latest = (
+        sa.select(sa.func.max(other.c.id))
+        .where(other.c.incident_id == row.id, other.c.message_id == m.c.id)
+        .scalar_subquery()
+    )
     messages = conn.execute(
         sa.select(m.c.id, m.c.received_at, m.c.partner_id, m.c.transaction_name, m.c.accepted,
-                  m.c.state_before, m.c.state_after, m.c.ack_id, a.c.http_status, a.c.error_codes)
+                  m.c.state_before, m.c.state_after, m.c.ack_id, a.c.http_status, a.c.error_codes,
+                  d.c.id.label("delivery_id"), d.c.recipient_id, d.c.state.label("delivery_state"),
+                  d.c.delivered_at, d.c.receiver_ack.is_not(None).label("has_receiver_ack"))
+        .select_from(m)
         .outerjoin(a, a.c.message_id == m.c.id)
+        .outerjoin(d, d.c.id == latest)
         .where(m.c.incident_id == row.id)
         .order_by(m.c.received_at, m.c.id)
     ).all()
@@ -164,16 +187,22 @@ def get_incident(conn: Connection, incident: int | tuple[str, str]) -> IncidentD
             ack_id=msg.ack_id,
             http_status=msg.http_status,
             error_codes=parse_error_codes(msg.error_codes or ""),
+            delivery_id=msg.delivery_id,
+            recipient_id=msg.recipient_id,
+            delivery_state=msg.delivery_state,
+            delivered_at=msg.delivered_at,
+            receiver_result=(None if msg.delivery_state is None
+                             else receiver_result(msg.delivery_state, bool(msg.has_receiver_ack))),
         )
         for msg in messages
     ]
 
-    d = model.deliveries
     deliveries = conn.execute(
         sa.select(d.c.id, d.c.message_id, m.c.transaction_name, d.c.recipient_id, d.c.state,
                   d.c.attempts, d.c.next_attempt_at, d.c.last_error,
                   d.c.receiver_ack.is_not(None).label("receiver_acknowledged"),
-                  d.c.created_at, d.c.updated_at)
+                  d.c.created_at, d.c.updated_at, d.c.delivered_at, d.c.acknowledged_at,
+                  d.c.replay_of)
         .join(m, m.c.id == d.c.message_id)
         .where(d.c.incident_id == row.id)
         .order_by(d.c.id)
@@ -196,6 +225,10 @@ def get_incident(conn: Connection, incident: int | tuple[str, str]) -> IncidentD
                 receiver_acknowledged=bool(dv.receiver_acknowledged),
                 created_at=dv.created_at,
                 updated_at=dv.updated_at,
+                delivered_at=dv.delivered_at,
+                acknowledged_at=dv.acknowledged_at,
+                receiver_result=receiver_result(dv.state, bool(dv.receiver_acknowledged)),
+                replay_of=dv.replay_of,
             )
             for dv in deliveries
         ),

@@ -13,8 +13,12 @@ changes, which is one cheap query.
 from __future__ import annotations
 
 import datetime as dt
+import json
+import math
 import re
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 from cryptography import x509
@@ -40,11 +44,15 @@ __all__ = [
     "UnknownCertificate",
     "BadAgreement",
     "DuplicateAgreement",
+    "BadDeliverySettings",
+    "DeliverySettings",
     "add_partner",
     "list_partners",
     "get_partner",
     "disable_partner",
     "enable_partner",
+    "set_delivery",
+    "delivery_settings",
     "add_cert",
     "list_certs",
     "retire_cert",
@@ -99,6 +107,15 @@ class BadAgreement(PartnerStoreError):
 
 class DuplicateAgreement(PartnerStoreError):
     """The requester already has an agreement under this contract id."""
+
+
+class BadDeliverySettings(PartnerStoreError):
+    """A partner's delivery settings are incomplete or wrong; the message lists every problem."""
+
+    def __init__(self, partner_id: str, problems: list[str]) -> None:
+        self.partner_id = partner_id
+        self.problems = list(problems)
+        super().__init__(f"partner {partner_id}: " + "; ".join(self.problems))
 
 
 # -- values ------------------------------------------------------------------------------
@@ -162,6 +179,16 @@ class PartnerDetail:
     partner: Partner
     certs: tuple[PartnerCert, ...]
     agreements: tuple[Agreement, ...]
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    """How the hub delivers to one partner: its mode and that mode's settings (SPEC §7)."""
+
+    partner_id: str
+    mode: str  # push | pull | spool | adapter
+    config: dict[str, Any]  # the settings, as set with set_delivery
+    enabled: bool
 
 
 @dataclass(frozen=True)
@@ -312,6 +339,159 @@ def disable_partner(conn: Connection, partner_id: str) -> Partner:
 def enable_partner(conn: Connection, partner_id: str) -> Partner:
     """Accept the partner's connections again (undoes :func:`disable_partner`)."""
     return _set_enabled(conn, partner_id, True)
+
+
+# -- delivery settings -------------------------------------------------------------------
+
+#: Settings each delivery mode takes, besides ``retry`` (any mode).
+_MODE_KEYS = {
+    "push": ("url", "ca", "timeout"),
+    "pull": ("visibility_timeout",),
+    "spool": ("outbox", "acks"),
+    "adapter": ("adapter", "options"),
+}
+_RETRY_KEYS = ("base", "cap", "max_attempts", "max_age")
+#: The command-line option that sets each setting, for messages operators can act on.
+_FLAG = {
+    "url": "--url", "ca": "--ca", "timeout": "--timeout", "visibility_timeout": "--visibility-timeout",
+    "outbox": "--outbox", "acks": "--acks", "adapter": "--adapter", "options": "--option",
+    "base": "--retry-base", "cap": "--retry-cap", "max_attempts": "--max-attempts",
+    "max_age": "--max-age",
+}
+# "package.module:Class", or a short name of one of gsem's own adapters ("memory").
+_ADAPTER = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*|[a-z][a-z0-9_]*")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive(problems: list[str], key: str, value: object, *, whole: bool = False) -> None:
+    if whole:
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            problems.append(f"{key} ({_FLAG[key]}) must be a whole number of at least 1, not {value!r}")
+    elif not (_is_number(value) and value > 0):  # type: ignore[operator]
+        problems.append(f"{key} ({_FLAG[key]}) must be a positive number of seconds, not {value!r}")
+
+
+def _path(problems: list[str], key: str, value: object) -> None:
+    if not isinstance(value, str) or not value.strip():
+        problems.append(f"{key} ({_FLAG[key]}) must be a file or directory path, not {value!r}")
+
+
+def _delivery_problems(mode: str, config: dict[str, Any]) -> list[str]:
+    problems: list[str] = []
+    allowed = (*_MODE_KEYS[mode], "retry")
+    for key in config:
+        if key not in allowed:
+            flag = f" ({_FLAG[key]})" if key in _FLAG else ""
+            problems.append(f"{key}{flag} is not a setting of {mode} delivery "
+                            f"(it takes {', '.join(allowed)})")
+    if mode == "push":
+        url = config.get("url")
+        if url is None:
+            problems.append("push delivery needs the partner's url (--url https://HOST/PATH)")
+        else:
+            parts = urlsplit(url) if isinstance(url, str) else None
+            if parts is None or parts.scheme != "https" or not parts.hostname:
+                problems.append(f"url {url!r} is not an https:// URL with a host: push goes over "
+                                "mutual TLS only")
+        if "ca" in config:
+            _path(problems, "ca", config["ca"])
+        if "timeout" in config:
+            _positive(problems, "timeout", config["timeout"])
+    elif mode == "pull":
+        if "visibility_timeout" in config:
+            _positive(problems, "visibility_timeout", config["visibility_timeout"])
+    elif mode == "spool":
+        for key in ("outbox", "acks"):
+            if key not in config:
+                problems.append(f"spool delivery needs the {key} directory ({_FLAG[key]} DIR)")
+            else:
+                _path(problems, key, config[key])
+        outbox, acks = config.get("outbox"), config.get("acks")
+        if isinstance(outbox, str) and outbox.strip() and outbox == acks:
+            problems.append("outbox and acks must be different directories: the hub would read "
+                            "its own documents as acknowledgements")
+    elif mode == "adapter":
+        adapter = config.get("adapter")
+        if adapter is None:
+            problems.append("adapter delivery needs the adapter (--adapter module:Class, or a "
+                            "short name such as memory)")
+        elif not isinstance(adapter, str) or not _ADAPTER.fullmatch(adapter):
+            problems.append(f"adapter {adapter!r} is neither 'package.module:Class' nor a short "
+                            "name such as memory")
+        options = config.get("options", {})
+        if not isinstance(options, dict) or not all(
+                isinstance(k, str) and k and isinstance(v, str) for k, v in options.items()):
+            problems.append("options (--option KEY=VALUE) must map names to text")
+    retry = config.get("retry")
+    if retry is not None:
+        if not isinstance(retry, dict):
+            problems.append(f"retry must be a table of {', '.join(_RETRY_KEYS)}, not {retry!r}")
+        else:
+            for key, value in retry.items():
+                if key not in _RETRY_KEYS:
+                    problems.append(f"retry.{key} is not a retry setting (they are "
+                                    f"{', '.join(_RETRY_KEYS)})")
+                else:
+                    _positive(problems, key, value, whole=key == "max_attempts")
+            base, cap = retry.get("base"), retry.get("cap")
+            if _is_number(base) and _is_number(cap) and base > cap:  # type: ignore[operator]
+                problems.append(f"the first retry delay ({base} s, --retry-base) is longer than "
+                                f"the cap ({cap} s, --retry-cap)")
+    return problems
+
+
+def set_delivery(conn: Connection, partner_id: str, *, mode: str, config: dict[str, Any]) -> Partner:
+    """Set how the hub delivers to *partner_id*: *mode* and its settings, replacing the old ones.
+
+    push: ``url`` (https, required), ``ca`` (a PEM file of the CA that signed the
+    partner's server certificate), ``timeout`` (seconds).  pull: ``visibility_timeout``
+    (seconds before an unacknowledged message is handed out again).  spool: ``outbox`` and
+    ``acks`` directories (required).  adapter: ``adapter`` (``package.module:Class`` or a
+    short name such as ``memory``, required), ``options`` (names to text).  Any mode:
+    ``retry`` with ``base``, ``cap``, ``max_attempts``, ``max_age`` (seconds; attempts).
+    Every problem is reported at once in one :class:`BadDeliverySettings`.
+    """
+    _require_partner(conn, partner_id)
+    if mode not in DELIVERY_MODES:
+        raise BadDeliverySettings(
+            partner_id, [f"delivery mode {mode!r} is not one of {', '.join(DELIVERY_MODES)}"])
+    problems = _delivery_problems(mode, config)
+    if problems:
+        raise BadDeliverySettings(partner_id, problems)
+    t = model.partners
+    # Neither column takes part in trust_version: a new delivery setting does not make
+    # the TLS listener reload its trust store.
+    conn.execute(t.update().where(t.c.id == partner_id).values(
+        delivery_mode=mode, delivery_config=json.dumps(config, sort_keys=True)))
+    return _partner(conn.execute(sa.select(t).where(t.c.id == partner_id)).one())
+
+
+def _config(partner_id: str, text: str) -> dict[str, Any]:
+    try:
+        config = json.loads(text or "{}")
+    except ValueError:
+        config = None
+    if not isinstance(config, dict):
+        raise PartnerStoreError(
+            f"partner {partner_id}: its stored delivery settings are not a JSON object; set them "
+            f"again with 'gsem partners delivery {partner_id} --mode MODE …'"
+        )
+    return config
+
+
+def delivery_settings(conn: Connection) -> dict[str, DeliverySettings]:
+    """Every partner's delivery mode and settings, by partner id."""
+    p = model.partners
+    rows = conn.execute(sa.select(p.c.id, p.c.delivery_mode, p.c.delivery_config, p.c.enabled))
+    return {
+        row.id: DeliverySettings(partner_id=row.id, mode=row.delivery_mode,
+                                 config=_config(row.id, row.delivery_config),
+                                 enabled=bool(row.enabled))
+        for row in rows
+    }
 
 
 # -- certificates ------------------------------------------------------------------------
