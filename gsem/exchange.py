@@ -195,6 +195,8 @@ def decide_and_store(conn: Connection, inbound: Inbound, inspection: Inspection,
                 sa.select(model.incidents.c.id).where(model.incidents.c.requester_id == inbound.partner_id,
                                                       model.incidents.c.requester_ref == ref)).first()
             inspection.errors.extend(check_state(spec, IncidentFacts(State.BEGINNING if exists else None)))
+            if not exists and ref is not None and provider_id is not None:
+                inspection.errors.extend(_unaddressable(conn, provider_id, ref))
             recipient = provider_id
         else:
             found = _find_incident(conn, inbound, inspection)
@@ -281,6 +283,27 @@ def _wait_for_same_key(conn: Connection, partner_id: str, key: str) -> None:
         # hash collision between two pairs only makes them wait for each other.
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:pair, 0))"),
                      {"pair": f"{partner_id} {key}"})
+
+
+def _unaddressable(conn: Connection, provider_id: str, requester_ref: str) -> list[Problem]:
+    """Refuse a second incident the provider could not tell apart from one it has (SPEC §2).
+
+    A provider addresses incidents by RequesterID, and by ProviderID when another
+    requester used the same RequesterID.  An incident that has no ProviderID yet can only
+    be addressed by RequesterID, so while one exists a second one with the same
+    RequesterID at the same provider could be entitled by neither (docs/decisions.md).
+    """
+    t = model.incidents
+    waiting = conn.execute(
+        sa.select(t.c.id).where(t.c.provider_id == provider_id, t.c.requester_ref == requester_ref,
+                                t.c.provider_ref.is_(None))
+    ).first()
+    if waiting is None:
+        return []
+    return [Problem(AckCode.DUPLICATE_INCIDENT,
+                    f"the provider already has an incident {requester_ref!r} from another requester that it has "
+                    "not yet given a ProviderID; use another RequesterID, or send again after its Entitlement",
+                    "/SERVICE_INCIDENT/RequesterID")]
 
 
 def _provider_for(conn: Connection, requester_id: str, contract_id: str) -> str | None:

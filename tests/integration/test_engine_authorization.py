@@ -216,3 +216,20 @@ def test_shared_requester_id_needs_provider_id(auth_hub: RunningHub, initech: Cl
     assert (status, ack.findtext("SERVICE_INCIDENT/ProviderID")) == (200, "GX-ACME-1")
     status, ack = hub.post(initech, query(rid))
     assert (status, ack.findtext("SERVICE_INCIDENT/ProviderID")) == (200, "GX-INITECH-1")
+
+
+def test_second_incident_the_provider_could_not_tell_apart_is_refused(
+    auth_hub: RunningHub, initech: ClientIdentity
+) -> None:
+    """While GLOBEX has an un-entitled SHARED-2 from ACME, INITECH's SHARED-2 is refused until it gets a ProviderID."""
+    hub = auth_hub
+    rid = "SHARED-2"
+    accepted(hub, "ACME", document("01-service-request.xml", rid))
+    status, ack = hub.post(initech, document("01-service-request.xml", rid, contract="C-300"))
+    assert (status, ack_codes(ack)) == (409, ["duplicate-incident"])
+    assert "not yet given a ProviderID" in ack.findtext("ERROR")
+    assert len(snapshot(hub, rid)["incidents"]) == 1
+    # Once ACME's incident has its ProviderID, both can be addressed: INITECH may send it again.
+    accepted(hub, "GLOBEX", document("02-entitlement.xml", rid, provider_id="GX-ACME-2"))
+    accepted(hub, initech, document("01-service-request.xml", rid, contract="C-300"))
+    assert accepted(hub, "GLOBEX", document("02-entitlement.xml", rid, provider_id="GX-INITECH-2")) == "Entitled"
