@@ -402,15 +402,19 @@ def mailbox_next(conn: Connection, recipient_id: str, *, now: dt.datetime,
     """Hand out a pull partner's oldest due delivery, or ``None`` when it has none.
 
     Due: ``pending``, the head of its incident, and not handed out within the last
-    *visibility_timeout* seconds (its lease expired).  It is leased to
+    *visibility_timeout* seconds (its lease expired); and the partner's delivery mode is
+    ``pull`` (the deliveries of other modes belong to the nodes' workers).  It is leased to
     :data:`MAILBOX_OWNER` until then and counted as an attempt (outcome ``accepted``):
     if the partner does not acknowledge it in time, it is handed out again.
     """
     now = _naive(now)
     d = model.deliveries
+    p = model.partners
     query = (
         sa.select(d.c.id)
-        .where(d.c.recipient_id == recipient_id, d.c.state == "pending", _lease_free(now), _is_head())
+        .join(p, p.c.id == d.c.recipient_id)
+        .where(d.c.recipient_id == recipient_id, p.c.delivery_mode == "pull", d.c.state == "pending",
+               _lease_free(now), _is_head())
         .order_by(d.c.message_id, d.c.id)
         .limit(1)
     )
