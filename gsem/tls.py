@@ -561,6 +561,16 @@ class _PartnerTLSProtocol(BufferingTLSTransport):
             self._refuse("handshake completed without a verified partner", None)
             self.factory.clock.callLater(0, self.abortConnection)
             return
+        factory = self.factory
+        partner_id = self._verified.partner_id
+        limit = factory.max_connections_per_partner
+        if limit is not None and factory.connections.get(partner_id, 0) >= limit:
+            # SPEC §8: connections per partner are limited, so one partner cannot take
+            # every connection the hub has.  Closed once OpenSSL has returned.
+            self._refuse(f"partner {partner_id} already has {limit} connections open", self._verified.fingerprint)
+            factory.clock.callLater(0, self.abortConnection)
+            return
+        factory.connections[partner_id] = factory.connections.get(partner_id, 0) + 1
         self.partner = self._verified
 
     def _handshake_timed_out(self) -> None:
@@ -578,6 +588,11 @@ class _PartnerTLSProtocol(BufferingTLSTransport):
         if self._handshake_timer is not None and self._handshake_timer.active():
             self._handshake_timer.cancel()
         self._handshake_timer = None
+        if self.partner is not None:
+            counts = self.factory.connections
+            counts[self.partner.partner_id] -= 1
+            if not counts[self.partner.partner_id]:
+                del counts[self.partner.partner_id]
         if not self._handshake_finished:
             # TLSMemoryBIOProtocol keeps the OpenSSL error that ended the handshake in
             # its documented _reason ivar; the transport's reason is only "closed".
@@ -598,10 +613,14 @@ class _PartnerTLSFactory(TLSMemoryBIOFactory):
         wrapped_factory: IProtocolFactory,
         clock: IReactorTime,
         handshake_timeout: float,
+        max_connections_per_partner: int | None = None,
     ) -> None:
         super().__init__(trust_store, False, wrapped_factory, clock)
         self.clock = clock
         self.handshake_timeout = handshake_timeout
+        self.max_connections_per_partner = max_connections_per_partner
+        #: open, identified connections per partner id (SPEC §8 limit)
+        self.connections: dict[str, int] = {}
 
 
 @implementer(IStreamServerEndpoint)
@@ -619,17 +638,23 @@ class PartnerTLSEndpoint:
         clock: IReactorTime,
         *,
         handshake_timeout: float = 10.0,
+        max_connections_per_partner: int | None = None,
     ) -> None:
         self._endpoint = endpoint
         self._trust_store = trust_store
         self._clock = clock
         self._handshake_timeout = handshake_timeout
+        self._max_connections_per_partner = max_connections_per_partner
 
     def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:  # noqa: N803
         """Listen on the wrapped endpoint with TLS around *protocolFactory*."""
         return self._endpoint.listen(
             _PartnerTLSFactory(
-                self._trust_store, protocolFactory, self._clock, self._handshake_timeout
+                self._trust_store,
+                protocolFactory,
+                self._clock,
+                self._handshake_timeout,
+                self._max_connections_per_partner,
             )
         )
 
@@ -642,17 +667,23 @@ def listen_tls(
     trust_store: PartnerTrustStore,
     *,
     handshake_timeout: float = 10.0,
+    max_connections_per_partner: int | None = None,
 ) -> Deferred[IListeningPort]:
     """Listen for partners on TCP *interface*:*port* with mutual TLS around *factory*.
 
     *reactor* provides ``IReactorTCP`` and ``IReactorTime`` (its clock bounds each
     handshake to *handshake_timeout* seconds).  Port 0 picks a free port; read it from
-    the listening port's ``getHost().port``.
+    the listening port's ``getHost().port``.  A partner's connections beyond
+    *max_connections_per_partner* are closed right after their handshake.
     """
     endpoint_type = TCP6ServerEndpoint if ":" in interface else TCP4ServerEndpoint
     endpoint = endpoint_type(reactor, port, interface=interface)
     wrapped = PartnerTLSEndpoint(
-        endpoint, trust_store, reactor, handshake_timeout=handshake_timeout
+        endpoint,
+        trust_store,
+        reactor,
+        handshake_timeout=handshake_timeout,
+        max_connections_per_partner=max_connections_per_partner,
     )
     return wrapped.listen(factory)
 

@@ -21,6 +21,7 @@ from tls_helpers import (
     start_listener,
 )
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
@@ -478,3 +479,22 @@ def test_every_problem_is_reported_at_once(test_pki: TestPki, tmp_path: Path) ->
     text = str(raised.value)
     for name in ("ca-missing.pem", "crl-missing.pem", "cert-missing.pem", "key-missing.pem"):
         assert name in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_connections_per_partner_are_limited(test_pki: TestPki) -> None:
+    """With a limit of one connection per partner, ACME's second connection is closed while its first is open."""
+    listener = await start_listener(_trust_store(test_pki, test_pki.registry), max_connections_per_partner=1)
+    try:
+        holding = Deferred.fromCoroutine(
+            s_client(listener.number, ca_cert=test_pki.ca_cert, client=test_pki.acme, delay=2.0)
+        )
+        await deferLater(reactor, 0.7, lambda: None)  # the first connection has finished its handshake
+        second = await curl(listener.url, ca_cert=test_pki.ca_cert, client=test_pki.acme, tls_version="1.3")
+        status, out, err = await holding
+        third = await curl(listener.url, ca_cert=test_pki.ca_cert, client=test_pki.acme, tls_version="1.3")
+    finally:
+        await listener.port.stopListening()
+    assert second.returncode != 0 and second.stdout == "", (second.returncode, second.stdout)
+    assert status == 0 and out.endswith(b"ACME"), err
+    assert (third.returncode, third.stdout) == (0, "ACME"), third.stderr

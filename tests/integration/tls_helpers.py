@@ -185,7 +185,10 @@ class Listener:
 
 
 async def start_listener(
-    trust_store: PartnerTrustStore, *, handshake_timeout: float = 10.0
+    trust_store: PartnerTrustStore,
+    *,
+    handshake_timeout: float = 10.0,
+    max_connections_per_partner: int | None = None,
 ) -> Listener:
     """Serve :class:`PartnerIdResource` on 127.0.0.1, a free port, with the global reactor."""
     port = await listen_tls(
@@ -195,6 +198,7 @@ async def start_listener(
         Site(PartnerIdResource()),
         trust_store,
         handshake_timeout=handshake_timeout,
+        max_connections_per_partner=max_connections_per_partner,
     )
     return Listener(port, trust_store)
 
