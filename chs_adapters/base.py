@@ -11,6 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from gsem.errors import DocumentRejected
+from gsem.xmlsafe import parse_document
+
 __all__ = [
     "OutboundDelivery",
     "Acknowledged",
@@ -20,6 +23,9 @@ __all__ = [
     "DeliveryResult",
     "ChsAdapter",
     "DELIVERY_ID_HEADER",
+    "ReceiverAck",
+    "MalformedReceiverAck",
+    "read_receiver_ack",
 ]
 
 #: The header (push) carrying the hub's delivery id; receivers deduplicate by it.
@@ -37,6 +43,8 @@ class OutboundDelivery:
     requester_ref: str
     document: bytes
     attempt: int  # 1 for the first attempt
+    #: The accepted message it forwards: its order among all deliveries (a replay keeps it).
+    message_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,7 @@ class Acknowledged:
     """The receiver took it and said ``Acknowledge=Yes`` (its ACKNOWLEDGEMENT attached)."""
 
     receiver_ack: bytes | None = None
+    http_status: int | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,7 @@ class TransientFailure:
 
     error: str
     retry_after: float | None = None  # seconds, from the receiver's Retry-After
+    http_status: int | None = None  # None when no HTTP answer came
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,7 @@ class PermanentFailure:
 
     error: str
     receiver_ack: bytes | None = None
+    http_status: int | None = None
 
 
 DeliveryResult = Acknowledged | Accepted | TransientFailure | PermanentFailure
@@ -83,3 +94,43 @@ class ChsAdapter(Protocol):
     async def close(self) -> None:
         """Release connections and files."""
         ...
+
+
+class MalformedReceiverAck(ValueError):
+    """What a receiver sent back is not an ACKNOWLEDGEMENT; the message says why."""
+
+
+@dataclass(frozen=True)
+class ReceiverAck:
+    """A receiver's ACKNOWLEDGEMENT of a delivery, read with the hardened parser."""
+
+    acknowledged: bool  # Acknowledge=Yes
+    errors: tuple[tuple[str, str], ...]  # (code, message) of each ERROR, in order
+    document: bytes
+
+    @property
+    def error_text(self) -> str | None:
+        """The receiver's errors as one line (``code: message; …``), None when it lists none."""
+        if not self.errors:
+            return None
+        return "; ".join(f"{code}: {message}" if message else code for code, message in self.errors)
+
+
+def read_receiver_ack(data: bytes) -> ReceiverAck:
+    """Read a receiver's ACKNOWLEDGEMENT (SPEC §5) or raise :class:`MalformedReceiverAck`.
+
+    Uses :func:`gsem.xmlsafe.parse_document`: receivers are partners, and what they send
+    back is as untrusted as what they post.
+    """
+    try:
+        root = parse_document(data).getroot()
+    except DocumentRejected as e:
+        raise MalformedReceiverAck(str(e)) from None
+    if root.tag != "ACKNOWLEDGEMENT":
+        raise MalformedReceiverAck(f"the document is a {root.tag}, not an ACKNOWLEDGEMENT")
+    answer = (root.findtext("Acknowledge") or "").strip()
+    if answer not in ("Yes", "No"):
+        raise MalformedReceiverAck(f"Acknowledge must be Yes or No, not {answer!r}")
+    errors = tuple(((e.get("code") or "unspecified").strip(), " ".join((e.text or "").split()))
+                   for e in root.findall("ERROR"))
+    return ReceiverAck(acknowledged=answer == "Yes", errors=errors, document=bytes(data))
