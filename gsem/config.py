@@ -8,14 +8,17 @@ reported at once (buildbot's ``config/errors.py`` does the same).
 
 from __future__ import annotations
 
+import hashlib
 import os
+import socket
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gsem.errors import ConfigError
 
-__all__ = ["Limits", "Config", "CONFIG_NAME", "default_data_dir", "load_config", "render_config"]
+__all__ = ["Limits", "DeliveryConfig", "Config", "CONFIG_NAME", "default_data_dir", "default_node_id",
+           "load_config", "render_config"]
 
 CONFIG_NAME = "gsem.toml"
 
@@ -38,6 +41,31 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class DeliveryConfig:
+    """How this node forwards deliveries (SPEC §7), under ``[delivery]``.
+
+    ``node_id`` names this node's leases: nodes sharing a database need different ids,
+    and a node must keep its id across restarts so that it can release the leases it held
+    when it stopped (see :func:`default_node_id`).
+    """
+
+    enabled: bool = True
+    node_id: str = ""
+    poll_interval: float = 0.2
+    lease_seconds: float = 60.0
+    concurrency: int = 16
+
+
+def default_node_id(data_dir: Path) -> str:
+    """``HOST:HASH``: this host's name and a hash of the data directory.
+
+    Stable across restarts of the same node, different for two nodes on one host.
+    """
+    digest = hashlib.sha256(str(Path(data_dir).resolve()).encode("utf-8")).hexdigest()[:8]
+    return f"{socket.gethostname()[:80]}:{digest}"
+
+
+@dataclass(frozen=True)
 class Config:
     """A loaded, checked configuration with absolute paths."""
 
@@ -50,6 +78,7 @@ class Config:
     server_cert: Path = Path()
     server_key: Path = Path()
     limits: Limits = field(default_factory=Limits)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
 
 
 def _resolve(data_dir: Path, value: str) -> Path:
@@ -118,6 +147,8 @@ def load_config(data_dir: Path) -> Config:
         else:
             limit_values[name] = value
 
+    delivery = _delivery_config(path, data_dir, raw.get("delivery", {}), problems)
+
     if problems:
         raise ConfigError(problems)
     return Config(
@@ -130,13 +161,50 @@ def load_config(data_dir: Path) -> Config:
         server_cert=_resolve(data_dir, tls["cert"]),
         server_key=_resolve(data_dir, tls["key"]),
         limits=Limits(**limit_values),
+        delivery=delivery,
     )
+
+
+def _delivery_config(path: Path, data_dir: Path, raw: object, problems: list[str]) -> DeliveryConfig:
+    if not isinstance(raw, dict):
+        problems.append(f"{path}: [delivery] must be a table")
+        return DeliveryConfig(node_id=default_node_id(data_dir))
+    known = set(DeliveryConfig.__dataclass_fields__)
+    unknown = set(raw) - known
+    if unknown:
+        problems.append(f"{path}: [delivery] unknown settings: {', '.join(sorted(unknown))}")
+    values: dict[str, object] = {}
+    enabled = raw.get("enabled", True)
+    if not isinstance(enabled, bool):
+        problems.append(f"{path}: [delivery] enabled must be true or false, not {enabled!r}")
+    else:
+        values["enabled"] = enabled
+    node_id = raw.get("node_id", "")
+    if not isinstance(node_id, str) or len(node_id) > 100:
+        problems.append(f"{path}: [delivery] node_id must be text of at most 100 characters, not {node_id!r}")
+    else:
+        values["node_id"] = node_id.strip() or default_node_id(data_dir)
+    for name in ("poll_interval", "lease_seconds"):
+        if name in raw:
+            value = raw[name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                problems.append(f"{path}: [delivery] {name} must be a positive number of seconds, not {value!r}")
+            else:
+                values[name] = float(value)
+    if "concurrency" in raw:
+        value = raw["concurrency"]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            problems.append(f"{path}: [delivery] concurrency must be a whole number of at least 1, not {value!r}")
+        else:
+            values["concurrency"] = value
+    return DeliveryConfig(**values)  # type: ignore[arg-type]
 
 
 def render_config(*, host: str = "127.0.0.1", port: int = 8443,
                   database_url: str = "sqlite:///gsem.db") -> str:
     """The text of a new ``gsem.toml`` as ``gsem init`` writes it."""
     limits = Limits()
+    delivery = DeliveryConfig()
     return f"""\
 # gsem engine configuration. Relative paths are relative to this directory.
 
@@ -162,4 +230,14 @@ max_elements = {limits.max_elements}
 handshake_timeout = {limits.handshake_timeout}
 idle_timeout = {limits.idle_timeout}
 max_connections_per_partner = {limits.max_connections_per_partner}
+
+[delivery]
+# Forward accepted transactions to push, spool and adapter partners (SPEC §7).
+enabled = {str(delivery.enabled).lower()}
+# Names this node's leases; nodes sharing a database need different ids. Default: this
+# host's name and a hash of this directory's path.
+# node_id = "hub-1"
+poll_interval = {delivery.poll_interval}     # seconds between looks for due deliveries
+lease_seconds = {delivery.lease_seconds}    # how long a claimed delivery stays this node's
+concurrency = {delivery.concurrency}        # deliveries in flight at once
 """
