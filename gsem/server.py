@@ -3,7 +3,8 @@
 In the spirit of Twisted's ``web/tap.py``: :class:`Engine` takes a loaded
 :class:`~gsem.config.Config` and a reactor and assembles the database, the trust store
 (refreshed from the database every second, so partner and certificate changes reach new
-connections without a restart), the exchange and the mutual-TLS listener.
+connections without a restart), the exchange and the mutual-TLS listener, and once it
+listens, the delivery service that forwards accepted transactions (``[delivery]``).
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from gsem.acklog import AckLog
-from gsem.config import Config
+from gsem.config import Config, default_node_id
 from gsem.db import partners
 from gsem.db.connector import Database
+from gsem.delivery.service import DeliveryService
 from gsem.exchange import Exchange
 from gsem.tls import PartnerTrustStore, listen_tls
 from gsem.validation import DocumentValidator
@@ -51,6 +53,15 @@ class Engine:
         self._refresher = LoopingCall(self._refresh_later)
         self._refresher.clock = reactor
         self.listening: IListeningPort | None = None
+        delivery = config.delivery
+        self.delivery: DeliveryService | None = None
+        if delivery.enabled:
+            self.delivery = DeliveryService(
+                self.database, reactor, owner=delivery.node_id or default_node_id(config.data_dir),
+                hub_cert=config.server_cert,
+                hub_key=config.server_key, poll_interval=delivery.poll_interval,
+                lease_seconds=delivery.lease_seconds, concurrency=delivery.concurrency,
+                log_stream=ack_stream, data_dir=config.data_dir)
 
     # -- partners and certificates, from a snapshot of the database ----------------
 
@@ -101,12 +112,19 @@ class Engine:
         self.listening = await listen_tls(self.reactor, self.port_number, self.config.host, site, trust_store,
                                           handshake_timeout=limits.handshake_timeout)
         self._refresher.start(TRUST_REFRESH_SECONDS, now=False)
+        if self.delivery is not None:
+            # Leases this node held when it last stopped (a crash) would otherwise keep
+            # their deliveries waiting until they expire.
+            await self.delivery.release_own_leases()
+            self.delivery.start()
         return self.listening
 
     async def stop(self) -> None:
-        """Stop listening, then let the database finish what it was given."""
+        """Stop listening and delivering, then let the database finish what it was given."""
         if self._refresher.running:
             self._refresher.stop()
         if self.listening is not None:
             await self.listening.stopListening()
+        if self.delivery is not None:
+            await self.delivery.stop()
         self.database.stop()

@@ -23,6 +23,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from gsem.errors import AckCode, Problem
 from gsem.exchange import Exchange, Inbound, Outcome
+from gsem.mailbox import MailboxResource
 from gsem.tls import PartnerIdentity, partner_of
 
 __all__ = ["InboundTransactionResource", "LimitedRequest", "build_site", "ACK_CONTENT_TYPE"]
@@ -171,6 +172,8 @@ def build_site(exchange: Exchange, *, strict_of: Callable[[str], bool], max_body
     root.putChild(b"sis", sis)
     sis.putChild(b"v1", v1)
     v1.putChild(b"transactions", InboundTransactionResource(exchange, strict_of))
+    # Pull partners fetch and acknowledge their deliveries on the same listener (SPEC §7).
+    v1.putChild(b"mailbox", MailboxResource(exchange.database, clock=reactor))
     site = Site(root, timeout=idle_timeout, reactor=reactor)
     site.requestFactory = LimitedRequest
     site.max_body_bytes = max_body_bytes  # type: ignore[attr-defined]
