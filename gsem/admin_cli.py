@@ -1,4 +1,4 @@
-"""Operator commands: the database, partners and certificates, agreements, acks, incidents.
+"""Operator commands: the database, partners and certificates, agreements, acks, incidents, deliveries.
 
 Every command opens the database named by the data directory's ``gsem.toml``, checks
 that its schema is current (``gsem db upgrade`` fixes it), runs its queries with
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
+import getpass
 import json
 import os
 import re
@@ -25,9 +26,11 @@ from typing import IO, Any
 from gsem.config import load_config
 from gsem.contract import State
 from gsem.db import acks as acks_db
+from gsem.db import deliveries as deliveries_db
 from gsem.db import incidents_read
 from gsem.db import partners as partners_db
 from gsem.db.connector import Database
+from gsem.delivery.policy import RetryPolicy
 from gsem.errors import GsemError
 
 __all__ = ["register", "parse_time", "render_table"]
@@ -203,7 +206,7 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    """Add ``db``, ``partners``, ``agreements``, ``acks`` and ``incidents``."""
+    """Add ``db``, ``partners``, ``agreements``, ``acks``, ``incidents`` and ``deliveries``."""
     common = [_data_dir_parent()]
 
     # gsem db
@@ -251,6 +254,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                             description="Undo 'gsem partners disable'.")
     p.add_argument("id", metavar="ID")
     p.set_defaults(func=_partners_enable)
+    _register_partners_delivery(partners, common)
 
     certs = partners.add_parser("certs", help="a partner's client certificates",
                                 description="Client certificates identify partners by their "
@@ -347,6 +351,116 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--document", action="store_true", help="also print the current SERVICE_INCIDENT")
     p.set_defaults(func=_incidents_show, parser=p)
 
+    _register_deliveries(commands, common)
+
+
+def _register_partners_delivery(partners: argparse._SubParsersAction,
+                                common: list[argparse.ArgumentParser]) -> None:
+    p = partners.add_parser(
+        "delivery", parents=common, help="set how the hub delivers to a partner",
+        description="Set how the hub delivers accepted transactions to the partner, replacing "
+        "its previous delivery settings (give every option you want kept). push: the hub POSTs "
+        "each document over mutual TLS to --url. pull: the partner fetches its messages from the "
+        "hub's mailbox. spool: the hub writes files into --outbox and reads the partner's "
+        "acknowledgements from --acks. adapter: a plug-in from chs_adapters/ talks to the "
+        "partner's ticketing system. Durations are seconds, or take a unit: 90s, 5m, 2h, 1d. "
+        "A running server picks the new settings up without a restart.")
+    p.add_argument("id", metavar="ID", help="the partner")
+    p.add_argument("--mode", required=True, choices=partners_db.DELIVERY_MODES, help="the delivery mode")
+    g = p.add_argument_group("push")
+    g.add_argument("--url", metavar="URL", help="the partner's https:// endpoint (required)")
+    g.add_argument("--ca", type=Path, metavar="FILE",
+                   help="PEM file of the CA that signed the partner's server certificate")
+    g.add_argument("--timeout", type=_seconds, metavar="S", help="give up on one attempt after S")
+    g = p.add_argument_group("pull")
+    g.add_argument("--visibility-timeout", type=_seconds, metavar="S",
+                   help="hand a message out again when it is not acknowledged within S")
+    g = p.add_argument_group("spool")
+    g.add_argument("--outbox", type=Path, metavar="DIR", help="where the hub writes documents (required)")
+    g.add_argument("--acks", type=Path, metavar="DIR",
+                   help="where the partner puts its acknowledgements (required)")
+    g = p.add_argument_group("adapter")
+    g.add_argument("--adapter", metavar="NAME",
+                   help="package.module:Class, or the short name of one of gsem's adapters (required)")
+    g.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting for the adapter; may be repeated")
+    g = p.add_argument_group("retries (any mode; defaults: base 1 s, cap 300 s, 20 attempts, 24 h)")
+    g.add_argument("--max-attempts", type=_positive, metavar="N", help="dead after N attempts")
+    g.add_argument("--retry-base", type=_seconds, metavar="S", help="the first retry within S")
+    g.add_argument("--retry-cap", type=_seconds, metavar="S", help="never wait longer than S between attempts")
+    g.add_argument("--max-age", type=_seconds, metavar="S", help="dead when still undelivered after S")
+    p.set_defaults(func=_partners_delivery)
+
+
+def _register_deliveries(commands: argparse._SubParsersAction,
+                         common: list[argparse.ArgumentParser]) -> None:
+    deliveries = _group(
+        commands, "deliveries", help="deliveries to partners, dead letters, replays",
+        description="Every accepted transaction (except Query_Incident) is delivered to the "
+        "other party of its incident, in order per incident. A delivery that the receiver "
+        "refused (Acknowledge=No) or that ran out of retries is dead: it holds back its "
+        "incident's later deliveries until an operator replays or discards it.")
+
+    def listing(p: argparse.ArgumentParser, *, state: bool) -> None:
+        if state:
+            p.add_argument("--state", choices=deliveries_db.STATES, metavar="STATE",
+                           help="in this state (" + ", ".join(deliveries_db.STATES) + ")")
+        p.add_argument("--partner", metavar="P", help="to partner P")
+        p.add_argument("--incident", type=_positive, metavar="ID", help="of incident ID")
+        p.add_argument("--limit", type=_positive, default=100, metavar="N", help="at most N (default 100)")
+        p.add_argument("--format", choices=["table", "json", "csv"], default="table",
+                       help="table for people (default), json or csv for programs")
+
+    p = deliveries.add_parser("list", parents=common, help="list deliveries, newest first",
+                              description="List deliveries, newest first: the incident and its "
+                              "RequesterID, the transaction, the recipient, the state (pending, sent, "
+                              "acknowledged, dead, discarded, replayed), the attempts made, when the "
+                              "next one is due and the last error.")
+    listing(p, state=True)
+    p.set_defaults(func=_deliveries_list, dead_only=False)
+    p = deliveries.add_parser("dead", parents=common, help="list dead deliveries (dead letters)",
+                              description="List dead deliveries, newest first: the same as "
+                              "'gsem deliveries list --state dead'. Each holds back its incident's "
+                              "later deliveries until it is replayed or discarded.")
+    listing(p, state=False)
+    p.set_defaults(func=_deliveries_list, dead_only=True, state="dead")
+    p = deliveries.add_parser("show", parents=common, help="show a delivery, its attempts and audit trail",
+                              description="Show one delivery: its incident, transaction and "
+                              "recipient, its state and times, every attempt with its outcome, "
+                              "HTTP status and error, the receiver's acknowledgement, the "
+                              "operators' audit trail and the replay links both ways.")
+    p.add_argument("id", metavar="ID", type=_positive, help="the delivery id")
+    p.add_argument("--document", action="store_true", help="also print the document delivered")
+    p.set_defaults(func=_deliveries_show)
+    for name, verb, description in (
+        ("replay", "deliver dead deliveries again",
+         "Deliver dead (or discarded) deliveries again: each gets a new delivery of the same "
+         "document, in the original's place in its incident's order, due at once. The old one "
+         "becomes 'replayed'. All or nothing: if one cannot be replayed, none is. Audited."),
+        ("discard", "give up on dead or pending deliveries",
+         "Give up on dead or pending deliveries: they become 'discarded' and no longer hold "
+         "back their incidents' later deliveries. All or nothing. Audited."),
+    ):
+        p = deliveries.add_parser(name, parents=common, help=verb, description=description)
+        p.add_argument("ids", metavar="ID", type=_positive, nargs="+", help="delivery ids")
+        p.add_argument("--reason", required=True, metavar="TEXT", help="why (kept in the audit trail)")
+        p.add_argument("--actor", metavar="NAME",
+                       help="who (default: $SUDO_USER, else $USER, else the login name)")
+        p.set_defaults(func=_deliveries_replay if name == "replay" else _deliveries_discard)
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _seconds(text: str) -> float:
+    match = _DURATION.fullmatch(text.strip())
+    value = float(match.group(1)) * _DURATION_UNITS[match.group(2)] if match else 0.0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration: give seconds (90, 1.5) or a number with a unit (5m, 2h, 1d)")
+    return int(value) if value.is_integer() else value
+
 
 def _positive(text: str) -> int:
     try:
@@ -437,7 +551,8 @@ def _partners_show(args: argparse.Namespace) -> int:
     print(f"name      {p.name}")
     print(f"enabled   {'yes' if p.enabled else 'no (connections refused)'}")
     print(f"strict    {'yes (unknown elements are errors)' if p.strict else 'no'}")
-    print(f"delivery  {p.delivery_mode}")
+    for line in _delivery_lines(p.id, p.delivery_mode, partners_db.parse_delivery_config(p)):
+        print(line)
     print(f"added     {_fmt_time(p.created_at)} UTC")
     print()
     if detail.certs:
@@ -456,6 +571,128 @@ def _partners_show(args: argparse.Namespace) -> int:
     else:
         print("agreements: none")
     return 0
+
+
+def _fmt_seconds(value: float) -> str:
+    value = float(value)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if value >= size and value % size == 0:
+            return f"{int(value // size)} {unit}"
+    return f"{value:g} s"
+
+
+def _delivery_lines(partner_id: str, mode: str, config: dict[str, Any]) -> list[str]:
+    """``delivery  MODE`` and the mode's settings, one per line, as 'partners show' prints them."""
+    missing = {"push": "url", "spool": "outbox", "adapter": "adapter"}.get(mode)
+    if missing and missing not in config:
+        example = {"push": "--url https://HOST/PATH", "spool": "--outbox DIR --acks DIR",
+                   "adapter": "--adapter NAME"}[mode]
+        return [f"delivery  {mode}, not configured yet: nothing can be delivered until "
+                f"'gsem partners delivery {partner_id} --mode {mode} {example}'"]
+    lines = [f"delivery  {mode}"]
+    labels = [("url", "url"), ("ca", "server CA"), ("timeout", "timeout"),
+              ("visibility_timeout", "visibility timeout"), ("outbox", "outbox"), ("acks", "acks from"),
+              ("adapter", "adapter")]
+    for key, label in labels:
+        if key in config:
+            value = config[key]
+            shown = _fmt_seconds(value) if key in ("timeout", "visibility_timeout") else str(value)
+            lines.append(f"  {label:<19} {shown}")
+    for key, value in sorted(config.get("options", {}).items()):
+        lines.append(f"  {'option ' + key:<19} {value}")
+    retry = config.get("retry", {})
+    policy = RetryPolicy.from_config(retry)
+    lines.append(f"  {'retries':<19} first within {_fmt_seconds(policy.base)}, doubling to at most "
+                 f"{_fmt_seconds(policy.cap)}; dead after {policy.max_attempts} attempts or "
+                 f"{_fmt_seconds(policy.max_age)}" + ("" if retry else " (defaults)"))
+    return lines
+
+
+def _partners_delivery(args: argparse.Namespace) -> int:
+    config, notes = _delivery_config(args)
+    with _database(args) as database:
+        partner = database.run_sync(partners_db.set_delivery, args.id, mode=args.mode, config=config)
+    print(f"partner {partner.id} now receives its deliveries by {partner.delivery_mode}")
+    for line in _delivery_lines(partner.id, partner.delivery_mode, config)[1:]:
+        print(line)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    return 0
+
+
+#: Which options belong to which mode (the retry options belong to every mode).
+_MODE_OPTIONS = {
+    "url": "push", "ca": "push", "timeout": "push", "visibility_timeout": "pull",
+    "outbox": "spool", "acks": "spool", "adapter": "adapter", "option": "adapter",
+}
+
+
+def _delivery_config(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
+    """The settings the options describe, and notes for the operator.
+
+    Every misplaced or unusable option is reported at once, with the settings' own problems.
+    """
+    problems: list[str] = []
+    notes: list[str] = []
+    for name, mode in _MODE_OPTIONS.items():
+        given = getattr(args, name)
+        if given not in (None, []) and mode != args.mode:
+            flag = "--" + name.replace("_", "-")
+            problems.append(f"{flag} is for --mode {mode}, not --mode {args.mode}")
+    config: dict[str, Any] = {}
+    if args.mode == "push":
+        if args.url is not None:
+            config["url"] = args.url
+        if args.ca is not None:
+            ca = args.ca.expanduser().resolve()
+            try:
+                text = ca.read_text("ascii", errors="replace")
+            except OSError as e:
+                problems.append(f"cannot read the CA file {ca}: {e.strerror}")
+            else:
+                if "-----BEGIN CERTIFICATE-----" not in text:
+                    problems.append(f"{ca} holds no PEM certificate ('-----BEGIN CERTIFICATE-----')")
+            config["ca"] = str(ca)
+        if args.timeout is not None:
+            config["timeout"] = args.timeout
+    elif args.mode == "pull":
+        if args.visibility_timeout is not None:
+            config["visibility_timeout"] = args.visibility_timeout
+    elif args.mode == "spool":
+        for name in ("outbox", "acks"):
+            path = getattr(args, name)
+            if path is None:
+                continue
+            path = path.expanduser().resolve()
+            if path.exists() and not path.is_dir():
+                problems.append(f"--{name} {path} is not a directory")
+            elif not path.exists():
+                notes.append(f"{path} does not exist yet; create it before the hub delivers")
+            config[name] = str(path)
+    elif args.mode == "adapter":
+        if args.adapter is not None:
+            config["adapter"] = args.adapter
+        options: dict[str, str] = {}
+        for item in args.option:
+            key, sep, value = item.partition("=")
+            key = key.strip()
+            if not sep or not key:
+                problems.append(f"--option {item!r}: write KEY=VALUE")
+            elif key in options:
+                problems.append(f"--option {key} is given twice")
+            else:
+                options[key] = value
+        if options:
+            config["options"] = options
+    retry = {key: value for key, value in (("base", args.retry_base), ("cap", args.retry_cap),
+                                           ("max_attempts", args.max_attempts), ("max_age", args.max_age))
+             if value is not None}
+    if retry:
+        config["retry"] = retry
+    if problems:
+        # Report the settings' own problems too, so that one run shows everything to fix.
+        raise partners_db.BadDeliverySettings(args.id, problems + partners_db.delivery_problems(args.mode, config))
+    return config, notes
 
 
 def _partners_disable(args: argparse.Namespace) -> int:
@@ -555,7 +792,8 @@ _ACK_COLUMNS = [
 # What a row usually needs, so that --follow lays out its table before any row arrives.
 _ACK_NATURAL = [8, 26, 6, 27, 14, 3, 4, 27]
 _ACK_FIELDS = ["time", "ack_id", "partner", "transaction", "requester_id", "result",
-               "http_status", "error_codes", "state_after", "provider_id"]
+               "http_status", "error_codes", "state_after", "provider_id",
+               "delivery_id", "delivery_state", "delivered_at", "receiver_ack"]
 
 
 def _ack_cells(a: acks_db.AckRow) -> list[str]:
@@ -567,14 +805,30 @@ def _ack_record(a: acks_db.AckRow) -> dict[str, Any]:
     return {"time": _iso(a.created_at), "ack_id": a.ack_id, "partner": a.partner_id,
             "transaction": a.transaction_name, "requester_id": a.requester_ref,
             "result": a.result, "http_status": a.http_status, "error_codes": list(a.error_codes),
-            "state_after": a.state_after, "provider_id": a.provider_ref}
+            "state_after": a.state_after, "provider_id": a.provider_ref,
+            # the other two of the three acknowledgements (SPEC §7)
+            "delivery_id": a.delivery_id, "delivery_state": a.delivery_state,
+            "delivered_at": _iso(a.delivered_at), "receiver_ack": a.receiver_result}
+
+
+def _delivery_summary(delivery_id: int | None, recipient: str | None, state: str | None,
+                      delivered_at: dt.datetime | None, receiver: str | None,
+                      day: dt.date | None = None) -> str:
+    """"delivery 12 to GLOBEX: acknowledged, delivered 12:55:49; receiver Yes"."""
+    text = f"delivery {delivery_id} to {recipient}: {state}"
+    if delivered_at is not None:
+        same_day = day is not None and delivered_at.date() == day
+        text += f", delivered {delivered_at:%H:%M:%S}" if same_day else f", delivered {_fmt_time(delivered_at)}"
+    return f"{text}; receiver {_receiver_text(receiver)}"
 
 
 class _AckPrinter:
     """Prints acknowledgements in one format, a batch at a time (so --follow can stream).
 
-    The table fits 100 columns: the date is a line of its own whenever it changes, and a
-    rejection's error codes follow on an indented line below its row.
+    The table fits 100 columns: the date is a line of its own whenever it changes, a
+    rejection's error codes follow on an indented line below its row, and so does an
+    accepted transaction's delivery and the receiver's answer (the three acknowledgements
+    would not fit as columns).
     """
 
     def __init__(self, fmt: str, out: IO[str], *, streaming: bool) -> None:
@@ -621,9 +875,13 @@ class _AckPrinter:
                 self._date = a.created_at.date()
                 self.out.write(f"{self._date:%Y-%m-%d} (UTC)\n")
             self.out.write(self._layout.line(row) + "\n")
+            indent = " " * (self._layout.widths[0] + len(self._layout.gap))
             if a.error_codes:
-                indent = self._layout.widths[0] + len(self._layout.gap)
-                self.out.write(" " * indent + "errors: " + ", ".join(a.error_codes) + "\n")
+                self.out.write(indent + "errors: " + ", ".join(a.error_codes) + "\n")
+            if a.delivery_state is not None:
+                self.out.write(indent + _delivery_summary(
+                    a.delivery_id, a.recipient_id, a.delivery_state, a.delivered_at, a.receiver_result,
+                    a.created_at.date()) + "\n")
 
 
 def _acks(args: argparse.Namespace) -> int:
@@ -727,6 +985,11 @@ def _print_incident(detail: incidents_read.IncidentDetail, out: IO[str], *, docu
         print(f"  {n:>2}. {_fmt_time(h.received_at)}  {h.transaction_name or '-'} from {h.partner_id}",
               file=out)
         print(f"      {h.state_before or '(new)'} -> {h.state_after or '-'}  ack {h.ack_id}", file=out)
+        if h.delivery_state is not None:
+            print("      " + _delivery_summary(h.delivery_id, h.recipient_id, h.delivery_state,
+                                               h.delivered_at, h.receiver_result), file=out)
+        else:
+            print("      not forwarded", file=out)
 
     if detail.rejections:
         print(f"\nrejected: {len(detail.rejections)} message(s) about it, oldest first", file=out)
@@ -738,9 +1001,13 @@ def _print_incident(detail: incidents_read.IncidentDetail, out: IO[str], *, docu
 
     print(f"\ndeliveries: {len(detail.deliveries)}", file=out)
     for d in detail.deliveries:
-        receiver = "acknowledged by the receiver" if d.receiver_acknowledged else "no receiver ack yet"
-        print(f"  #{d.id} {d.transaction_name or '-'} to {d.recipient_id}: {d.state}, "
+        receiver = {"Yes": "the receiver said Yes", "No": "the receiver said No"}.get(
+            d.receiver_result or "", "no receiver ack yet")
+        replay = f" (replay of #{d.replay_of})" if d.replay_of is not None else ""
+        print(f"  #{d.id} {d.transaction_name or '-'} to {d.recipient_id}{replay}: {d.state}, "
               f"{d.attempts} attempt(s), {receiver}", file=out)
+        if d.delivered_at is not None:
+            print(f"      delivered {_fmt_time(d.delivered_at)} UTC", file=out)
         if d.next_attempt_at is not None and d.state == "pending":
             print(f"      next attempt {_fmt_time(d.next_attempt_at)} UTC", file=out)
         if d.last_error:
@@ -748,3 +1015,179 @@ def _print_incident(detail: incidents_read.IncidentDetail, out: IO[str], *, docu
     if document:
         print("\ndocument:", file=out)
         print(detail.document.decode("utf-8", "replace"), file=out)
+
+
+# -- gsem deliveries -----------------------------------------------------------------------
+
+_DELIVERY_COLUMNS = [
+    Column("ID"),
+    Column("INCIDENT", 8),
+    Column("TRANSACTION", 12),
+    Column("TO", 6),
+    Column("STATE"),
+    Column("TRIES"),
+    Column("NEXT ATTEMPT"),
+    Column("LAST ERROR", 10),
+]
+_DELIVERY_FIELDS = ["id", "incident_id", "requester_id", "transaction", "recipient", "state", "attempts",
+                    "next_attempt_at", "last_error", "message_id", "created_at", "updated_at",
+                    "delivered_at", "acknowledged_at", "receiver_ack", "replay_of", "lease_owner",
+                    "lease_until"]
+
+
+def _delivery_record(d: deliveries_db.Delivery) -> dict[str, Any]:
+    return {"id": d.id, "incident_id": d.incident_id, "requester_id": d.requester_ref,
+            "transaction": d.transaction_name, "recipient": d.recipient_id, "state": d.state,
+            "attempts": d.attempts, "next_attempt_at": _iso(d.next_attempt_at) if d.state == "pending" else None,
+            "last_error": d.last_error, "message_id": d.message_id, "created_at": _iso(d.created_at),
+            "updated_at": _iso(d.updated_at), "delivered_at": _iso(d.delivered_at),
+            "acknowledged_at": _iso(d.acknowledged_at), "receiver_ack": d.receiver_result,
+            "replay_of": d.replay_of, "lease_owner": d.lease_owner, "lease_until": _iso(d.lease_until)}
+
+
+def _one_line(text: str | None) -> str:
+    return " ".join((text or "").split()) or "-"
+
+
+def _delivery_cells(d: deliveries_db.Delivery) -> list[str]:
+    incident = f"{d.incident_id}/{d.requester_ref}" if d.requester_ref else str(d.incident_id)
+    due = _fmt_time(d.next_attempt_at, seconds=False) if d.state == "pending" and d.next_attempt_at else "-"
+    return [str(d.id), incident, d.transaction_name or "-", d.recipient_id, d.state, str(d.attempts), due,
+            _one_line(d.last_error)]
+
+
+def _deliveries_list(args: argparse.Namespace) -> int:
+    with _database(args) as database:
+        found = database.run_sync(deliveries_db.list_deliveries, state=args.state, recipient=args.partner,
+                                  incident_id=args.incident, limit=args.limit)
+    out = sys.stdout
+    if args.format == "json":
+        json.dump([_delivery_record(d) for d in found], out, indent=2)
+        out.write("\n")
+        return 0
+    if args.format == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(_DELIVERY_FIELDS)
+        for d in found:
+            record = _delivery_record(d)
+            writer.writerow(["" if record[f] is None else record[f] for f in _DELIVERY_FIELDS])
+        return 0
+    if not found:
+        print("no dead deliveries" if args.dead_only else "no deliveries match")
+        return 0
+    print(render_table(_DELIVERY_COLUMNS, [_delivery_cells(d) for d in found]))
+    if args.dead_only:
+        print("\neach holds back its incident's later deliveries: 'gsem deliveries show ID' says why; "
+              "then 'gsem deliveries replay ID… --reason TEXT' or 'gsem deliveries discard ID… "
+              "--reason TEXT'")
+    return 0
+
+
+def _receiver_text(result: str | None) -> str:
+    return {"Yes": "Yes", "No": "No"}.get(result or "", "—")
+
+
+def _deliveries_show(args: argparse.Namespace) -> int:
+    def query(conn: Any) -> tuple[deliveries_db.DeliveryDetail, dict[str, partners_db.DeliverySettings]]:
+        return deliveries_db.get_delivery(conn, args.id), partners_db.delivery_settings(conn)
+
+    with _database(args) as database:
+        detail, settings = database.run_sync(query)
+    _print_delivery(detail, settings, sys.stdout, document=args.document)
+    return 0
+
+
+def _print_delivery(detail: deliveries_db.DeliveryDetail,
+                    settings: dict[str, partners_db.DeliverySettings], out: IO[str], *,
+                    document: bool) -> None:
+    # A detail view like 'incidents show': every field on its own line, nothing cut.
+    d = detail.delivery
+
+    def field(label: str, value: str) -> None:
+        print(f"  {label:<13} {value}", file=out)
+
+    print(f"delivery {d.id}: {d.state}", file=out)
+    requester = f", RequesterID {d.requester_ref}" if d.requester_ref else ""
+    field("incident", f"{d.incident_id}{requester}  (gsem incidents show {d.incident_id})")
+    field("transaction", f"{d.transaction_name or '-'} (message {d.message_id})")
+    mode = settings[d.recipient_id].mode if d.recipient_id in settings else "unknown partner"
+    field("recipient", f"{d.recipient_id} ({mode})")
+    field("created", f"{_fmt_time(d.created_at)} UTC")
+    field("changed", f"{_fmt_time(d.updated_at)} UTC")
+    field("attempts", str(d.attempts))
+    if d.state == "pending" and d.next_attempt_at is not None:
+        field("next attempt", f"{_fmt_time(d.next_attempt_at)} UTC")
+    if d.lease_owner is not None and d.lease_until is not None:
+        field("held by", f"{d.lease_owner} until {_fmt_time(d.lease_until)} UTC")
+    field("delivered", f"{_fmt_time(d.delivered_at)} UTC" if d.delivered_at else "not yet")
+    receiver = d.receiver_result
+    if receiver == "Yes":
+        field("receiver", f"Yes, {_fmt_time(d.acknowledged_at)} UTC" if d.acknowledged_at else "Yes")
+    elif receiver == "No":
+        field("receiver", "No (Acknowledge=No)")
+    else:
+        field("receiver", "— (no acknowledgement yet)")
+    if d.last_error:
+        field("last error", d.last_error)
+    if d.replay_of is not None:
+        origin = detail.origin
+        by = f", by {origin.actor} at {_fmt_time(origin.at)} UTC: {origin.reason}" if origin else ""
+        field("replay of", f"delivery {d.replay_of}{by}")
+    if detail.replays:
+        field("replayed as", ", ".join(f"delivery {i}" for i in detail.replays))
+
+    print(f"\nattempts: {len(detail.attempts)}", file=out)
+    for a in detail.attempts:
+        took = (a.finished_at - a.started_at).total_seconds()
+        http = f"  HTTP {a.http_status}" if a.http_status is not None else ""
+        print(f"  {a.attempt:>3}. {_fmt_time(a.started_at)}  {a.node}  {a.outcome}{http}  ({took:g} s)",
+              file=out)
+        if a.error:
+            print(f"       error: {a.error}", file=out)
+
+    if d.receiver_ack is not None:
+        print("\nthe receiver's acknowledgement:", file=out)
+        print(d.receiver_ack.decode("utf-8", "replace").rstrip(), file=out)
+
+    print("\naudit trail:" if detail.audit else "\naudit trail: none", file=out)
+    for e in detail.audit:
+        new = f" -> delivery {e.new_delivery_id}" if e.new_delivery_id is not None else ""
+        print(f"  {_fmt_time(e.at)}  {e.action} by {e.actor}{new}: {e.reason}", file=out)
+
+    if document:
+        print("\ndocument:", file=out)
+        print(d.document.decode("utf-8", "replace").rstrip(), file=out)
+
+
+def _actor(args: argparse.Namespace) -> str:
+    if args.actor:
+        return args.actor
+    name = os.environ.get("SUDO_USER") or os.environ.get("USER")
+    if not name:
+        try:
+            name = getpass.getuser()
+        except (OSError, KeyError):
+            name = ""
+    if not name:
+        raise GsemError("cannot tell who you are; name yourself with --actor NAME")
+    return name
+
+
+def _deliveries_replay(args: argparse.Namespace) -> int:
+    actor = _actor(args)
+    with _database(args) as database:
+        new_ids = database.run_sync(deliveries_db.replay, args.ids, actor=actor, reason=args.reason,
+                                    now=_utcnow().replace(microsecond=0))
+    for old, new in zip(dict.fromkeys(args.ids), new_ids, strict=True):
+        print(f"replayed {old} as {new}")
+    return 0
+
+
+def _deliveries_discard(args: argparse.Namespace) -> int:
+    actor = _actor(args)
+    with _database(args) as database:
+        database.run_sync(deliveries_db.discard, args.ids, actor=actor, reason=args.reason,
+                          now=_utcnow().replace(microsecond=0))
+    for delivery_id in dict.fromkeys(args.ids):
+        print(f"discarded {delivery_id}")
+    return 0

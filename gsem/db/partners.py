@@ -52,7 +52,9 @@ __all__ = [
     "disable_partner",
     "enable_partner",
     "set_delivery",
+    "delivery_problems",
     "delivery_settings",
+    "parse_delivery_config",
     "add_cert",
     "list_certs",
     "retire_cert",
@@ -379,7 +381,8 @@ def _path(problems: list[str], key: str, value: object) -> None:
         problems.append(f"{key} ({_FLAG[key]}) must be a file or directory path, not {value!r}")
 
 
-def _delivery_problems(mode: str, config: dict[str, Any]) -> list[str]:
+def delivery_problems(mode: str, config: dict[str, Any]) -> list[str]:
+    """Everything wrong with *config* as the settings of delivery *mode* (empty when fine)."""
     problems: list[str] = []
     allowed = (*_MODE_KEYS[mode], "retry")
     for key in config:
@@ -458,7 +461,7 @@ def set_delivery(conn: Connection, partner_id: str, *, mode: str, config: dict[s
     if mode not in DELIVERY_MODES:
         raise BadDeliverySettings(
             partner_id, [f"delivery mode {mode!r} is not one of {', '.join(DELIVERY_MODES)}"])
-    problems = _delivery_problems(mode, config)
+    problems = delivery_problems(mode, config)
     if problems:
         raise BadDeliverySettings(partner_id, problems)
     t = model.partners
@@ -480,6 +483,11 @@ def _config(partner_id: str, text: str) -> dict[str, Any]:
             f"again with 'gsem partners delivery {partner_id} --mode MODE …'"
         )
     return config
+
+
+def parse_delivery_config(partner: Partner) -> dict[str, Any]:
+    """A partner's stored delivery settings as a dict."""
+    return _config(partner.id, partner.delivery_config)
 
 
 def delivery_settings(conn: Connection) -> dict[str, DeliverySettings]:

@@ -276,7 +276,7 @@ def test_acks_csv_is_parseable(ready: Gsem, ack_log: list[str]) -> None:
         "time": (NOW - dt.timedelta(minutes=30)).isoformat() + "Z", "ack_id": ack_log[1], "partner": "ACME",
         "transaction": "Provide_Problem_Information", "requester_id": "REQ-2026-000042", "result": "No",
         "http_status": "422", "error_codes": "missing-mandatory rule-violation", "state_after": "",
-        "provider_id": ""}
+        "provider_id": "", "delivery_id": "", "delivery_state": "", "delivered_at": "", "receiver_ack": ""}
 
 
 def test_acks_json_is_parseable(ready: Gsem, ack_log: list[str]) -> None:
@@ -287,7 +287,8 @@ def test_acks_json_is_parseable(ready: Gsem, ack_log: list[str]) -> None:
     assert records[1] == {
         "time": (NOW - dt.timedelta(minutes=20)).isoformat() + "Z", "ack_id": ack_log[2], "partner": "GLOBEX",
         "transaction": "Entitlement", "requester_id": "REQ-1", "result": "Yes", "http_status": 200,
-        "error_codes": [], "state_after": "Entitled", "provider_id": "G-1"}
+        "error_codes": [], "state_after": "Entitled", "provider_id": "G-1", "delivery_id": None,
+        "delivery_state": None, "delivered_at": None, "receiver_ack": None}
 
 
 def test_acks_bad_time_is_a_usage_error(ready: Gsem, capsys: pytest.CaptureFixture[str]) -> None:
