@@ -38,7 +38,7 @@ from OpenSSL.crypto import X509
 from treq import collect
 from treq.client import HTTPClient
 from twisted.internet import error as net_error
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.ssl import (
     Certificate,
     PrivateCertificate,
@@ -266,6 +266,10 @@ class PushAdapter:
             failure = Failure()
             if timed_out[0]:
                 return TransientFailure(f"no answer from {self.url} within {self.timeout:g} s")
+            if any(f.check(CancelledError) for f in _flatten(failure)):
+                # The caller gave up (its own timeout, or the hub is stopping); Agent may
+                # wrap the cancellation in ResponseNeverReceived.
+                raise CancelledError() from None
             return TransientFailure(describe_failure(failure, self.url))
         finally:
             if timer.active():

@@ -4,13 +4,16 @@ Each adapter is paired with a receiver the test controls: the in-memory adapter 
 own receiver; the spool's receiver reads the outbox and writes acknowledgement files;
 push talks to a real Twisted HTTPS receiver on 127.0.0.1 with its own CA, which requires
 the hub's client certificate (made with :mod:`gsem.pki`).  Then the push adapter's own
-answers to HTTP statuses and network failures.
+answers to HTTP statuses and network failures, the loader, and the delivery service
+pushing through the real store to the real receiver.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import io
+import json
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -22,6 +25,8 @@ import pytest
 import pytest_twisted
 from lxml import etree
 from twisted.internet import reactor
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import deferLater
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
@@ -39,6 +44,8 @@ from chs_adapters.memory import InMemoryAdapter, receiver_ack_document
 from chs_adapters.push import PushAdapter, parse_retry_after
 from chs_adapters.spool import SpoolAdapter
 from gsem import pki
+from gsem.db import deliveries, model, partners
+from gsem.delivery.service import DeliveryService
 from gsem.tls import PartnerTrustStore, listen_tls, partner_of
 
 DOCUMENT = (b"<?xml version='1.0' encoding='UTF-8'?>\n<SERVICE_INCIDENT><TransactionName>Service_Request"
@@ -535,3 +542,63 @@ def test_the_loader_names_the_partner_and_the_problem(certs: Certs, tmp_path: Pa
         load_adapter("GLOBEX", mode, config, _context(certs, tmp_path))
     assert "GLOBEX" in str(raised.value) and says in str(raised.value)
 
+
+
+@pytest.mark.integration
+@pytest_twisted.ensureDeferred
+async def test_a_caller_giving_up_cancels_the_push(certs: Certs, receiver: HttpsReceiver) -> None:
+    """Cancelling a push in flight raises CancelledError (not a failure the service would record)."""
+    receiver.resource.script.silent = True
+    adapter = PushAdapter(receiver.url, hub_cert=certs.hub.hub_cert, hub_key=certs.hub.hub_key,
+                          partner_ca=certs.partner_ca, timeout=10, reactor=reactor)
+    attempt = Deferred.fromCoroutine(adapter.deliver(outbound(60)))
+    await deferLater(reactor, 0.3)
+    attempt.cancel()
+    with pytest.raises(CancelledError):
+        await attempt
+    await adapter.close()
+    for request in receiver.resource.waiting:
+        request.transport.loseConnection()
+
+
+@pytest.mark.integration
+@pytest_twisted.ensureDeferred
+async def test_the_delivery_service_pushes_through_the_real_store(
+        certs: Certs, receiver: HttpsReceiver, migrated_database: Any, tmp_path: Path) -> None:
+    """A pending delivery to a push partner reaches its HTTPS endpoint and is recorded acknowledged."""
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+    def setup(conn: Any) -> int:
+        partners.add_partner(conn, "ACME", "Acme")
+        partners.add_partner(conn, "GLOBEX", "Globex")
+        partners.set_delivery(conn, "GLOBEX", mode="push", config={"url": receiver.url, "ca": str(certs.partner_ca)})
+        incident = conn.execute(model.incidents.insert().values(
+            requester_id="ACME", provider_id="GLOBEX", requester_ref="REQ-1", state="Beginning_State",
+            document=b"<SERVICE_INCIDENT/>", problem_with_request=False, version=1, created_at=now,
+            updated_at=now)).inserted_primary_key[0]
+        message = conn.execute(model.messages.insert().values(
+            partner_id="ACME", cert_fingerprint="0" * 64, received_at=now, body=DOCUMENT, digest="0" * 64,
+            idempotency_key="k", transaction_name="Service_Request", requester_ref="REQ-1", incident_id=incident,
+            accepted=True, ack_id="A" * 26, timings="{}")).inserted_primary_key[0]
+        return conn.execute(model.deliveries.insert().values(
+            message_id=message, incident_id=incident, recipient_id="GLOBEX", state="pending", document=DOCUMENT,
+            attempts=0, next_attempt_at=now, created_at=now, updated_at=now, transaction_name="Service_Request",
+            requester_ref="REQ-1")).inserted_primary_key[0]
+
+    delivery_id = await migrated_database.run(setup)
+    log = io.StringIO()
+    service = DeliveryService(migrated_database, reactor, owner="node-a", hub_cert=certs.hub.hub_cert,
+                              hub_key=certs.hub.hub_key, log_stream=log, data_dir=tmp_path)
+    service.start()
+    try:
+        for _ in range(50):
+            stored = (await migrated_database.run(deliveries.get_delivery, delivery_id)).delivery
+            if stored.state != "pending":
+                break
+            await deferLater(reactor, 0.1)
+    finally:
+        await service.stop()
+    assert stored.state == "acknowledged" and b"<Acknowledge>Yes</Acknowledge>" in stored.receiver_ack
+    assert [(r.delivery_id, r.body) for r in receiver.resource.receptions] == [(str(delivery_id), DOCUMENT)]
+    (line,) = [json.loads(x) for x in log.getvalue().splitlines()]
+    assert (line["outcome"], line["http_status"], line["mode"]) == ("acknowledged", 200, "push")

@@ -229,7 +229,9 @@ async def test_the_engine_forwards_to_an_adapter_partner(hub: Hub) -> None:
         if received.received:
             break
         await deferLater(reactor, 0.1)
-    assert [etree.fromstring(r.document).findtext("RequesterID") for r in received.received] == ["ACME-INC-20931"]
+    stored = await hub.engine.database.run(deliveries.list_deliveries, recipient="GLOBEX")
+    assert [etree.fromstring(r.document).findtext("RequesterID") for r in received.received] == [
+        "ACME-INC-20931"], (stored, hub.log.getvalue())
     attempts = [json.loads(line) for line in hub.log.getvalue().splitlines()
                 if '"delivery_attempt"' in line]
     assert attempts and attempts[0]["outcome"] == "acknowledged"
