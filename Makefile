@@ -40,3 +40,11 @@ lint: $(STAMP)
 
 contract-doc: $(STAMP)
 	$(BIN)/gsem contract --format markdown > docs/contract.md
+
+# The benchmark (bench/README.md): a few minutes; SOAK=600 adds a 10-minute memory soak.
+# Results go to bench/results/ and the results block of docs/benchmarks.md.
+.PHONY: bench
+SOAK ?=
+BENCH_ARGS ?=
+bench: $(STAMP)
+	$(BIN)/python bench/run.py $(if $(SOAK),--soak $(SOAK)) $(BENCH_ARGS)
