@@ -110,7 +110,8 @@ class Engine:
         site = build_site(self.exchange, strict_of=self._strict_of, max_body_bytes=limits.max_body_bytes,
                           idle_timeout=limits.idle_timeout, reactor=self.reactor)
         self.listening = await listen_tls(self.reactor, self.port_number, self.config.host, site, trust_store,
-                                          handshake_timeout=limits.handshake_timeout)
+                                          handshake_timeout=limits.handshake_timeout,
+                                          max_connections_per_partner=limits.max_connections_per_partner)
         self._refresher.start(TRUST_REFRESH_SECONDS, now=False)
         if self.delivery is not None:
             # Leases this node held when it last stopped (a crash) would otherwise keep
