@@ -364,6 +364,8 @@ def test_list_and_count_deliveries(db: Database, outbox: Outbox) -> None:
 # -- partners' delivery settings ---------------------------------------------------------------
 
 
+# Settings are JSON text and their checks are plain Python: SQLite alone is enough.
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 @pytest.mark.parametrize(("mode", "config"), [
     ("push", {"url": "https://chs.globex.example/sis", "ca": "/etc/gsem/globex-ca.pem", "timeout": 10}),
     ("pull", {"visibility_timeout": 120, "retry": {"max_attempts": 5}}),
@@ -383,6 +385,7 @@ def test_set_delivery_stores_settings(db: Database, mode: str, config: dict) -> 
     assert db.run_sync(partners.trust_version) == before
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 @pytest.mark.parametrize(("mode", "config", "messages"), [
     ("push", {}, ["push delivery needs the partner's url (--url https://HOST/PATH)"]),
     ("push", {"url": "http://chs.example/sis", "timeout": 0},
