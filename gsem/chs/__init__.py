@@ -6,4 +6,4 @@ own view of its incidents (:mod:`gsem.chs.state`) and receive what the hub deliv
 pushed or pulled (:mod:`gsem.chs.receiver`).  ``gsem chs`` is its command line.
 """
 
-__all__ = ["builder"]
+__all__ = ["builder", "client", "receiver", "state"]
