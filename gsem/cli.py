@@ -32,11 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
-    from gsem import admin_cli, contract_cli, engine_cli
+    from gsem import admin_cli, chs_cli, contract_cli, engine_cli
 
     contract_cli.register(commands)
     engine_cli.register(commands)
     admin_cli.register(commands)
+    chs_cli.register(commands)
     return parser
 
 
