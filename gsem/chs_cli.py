@@ -52,10 +52,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     group.add_argument("--partner", metavar="ID", help="take certificates for partner ID from the data directory")
     group.add_argument("--data-dir", dest="chs_data_dir", type=Path, metavar="DIR",
                        help="a hub data directory made by 'gsem init --demo'")
-    group.add_argument("--cert", type=Path, help="our client certificate (PEM)")
-    group.add_argument("--key", type=Path, help="its private key (PEM)")
-    group.add_argument("--ca", type=Path, help="the CA the hub's server certificate must chain to (PEM)")
-    group.add_argument("--timeout", type=float, default=30.0, help="seconds per attempt (default 30)")
+    group.add_argument("--cert", type=Path, metavar="FILE", help="our client certificate (PEM)")
+    group.add_argument("--key", type=Path, metavar="FILE", help="its private key (PEM)")
+    group.add_argument("--ca", type=Path, metavar="FILE", help="the CA the hub's server certificate must chain to (PEM)")
+    group.add_argument("--timeout", type=float, default=30.0, metavar="S", help="seconds per attempt (default 30)")
     group.add_argument("--retries", type=int, default=3, metavar="N",
                        help="attempts after the first when the hub cannot be reached or answers 503 "
                        "(default 3; every attempt carries the same Idempotency-Key)")
@@ -143,11 +143,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         "document is checked, recorded (deduplicated by its Gsem-Delivery-Id) and acknowledged. "
         "One line per document; Ctrl-C stops with a summary.",
     )
-    receive.add_argument("--port", type=int, required=True, help="port to listen on (0: any free port)")
-    receive.add_argument("--interface", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    receive.add_argument("--server-cert", type=Path, required=True, help="our server certificate (PEM)")
-    receive.add_argument("--server-key", type=Path, required=True, help="its private key (PEM)")
-    receive.add_argument("--hub-ca", type=Path, required=True,
+    receive.add_argument("--port", type=int, required=True, metavar="N", help="port to listen on (0: any free port)")
+    receive.add_argument("--interface", default="127.0.0.1", metavar="ADDRESS", help="address to listen on (default 127.0.0.1)")
+    receive.add_argument("--server-cert", type=Path, required=True, metavar="FILE", help="our server certificate (PEM)")
+    receive.add_argument("--server-key", type=Path, required=True, metavar="FILE", help="its private key (PEM)")
+    receive.add_argument("--hub-ca", type=Path, required=True, metavar="FILE",
                          help="the CA that issued the hub's client certificate (PEM)")
     receive.add_argument("--hub-fingerprint", metavar="SHA256",
                          help="accept only the client certificate with this SHA-256 fingerprint")
