@@ -82,7 +82,9 @@ OUTCOMES = ("acknowledged", "accepted", "transient", "permanent")
 MAILBOX_OWNER = "mailbox"
 
 _REPLAYABLE = ("dead", "discarded")
-_DISCARDABLE = ("dead", "pending")
+# "sent" too: a spool delivery whose acknowledgement never comes would otherwise hold
+# its incident for ever.
+_DISCARDABLE = ("dead", "pending", "sent")
 
 
 # -- errors ------------------------------------------------------------------------------
@@ -601,7 +603,7 @@ def replay(conn: Connection, ids: Iterable[int], *, actor: str, reason: str,
 
 def discard(conn: Connection, ids: Iterable[int], *, actor: str, reason: str,
             now: dt.datetime) -> None:
-    """Give up on dead or pending deliveries: ``discarded``, audited.  All or nothing.
+    """Give up on dead, pending or sent deliveries: ``discarded``, audited.  All or nothing.
 
     The incident's later deliveries are no longer held back by them.
     """

@@ -325,7 +325,7 @@ def test_replay_and_discard_are_all_or_nothing(db: Database, outbox: Outbox) -> 
 
 
 def test_discard_releases_the_incident(db: Database, outbox: Outbox) -> None:
-    """A discarded dead delivery no longer holds its incident; pending ones can be discarded too, sent ones not."""
+    """A discarded dead delivery no longer holds its incident; pending and sent ones can be discarded too."""
     dead = outbox("REQ-1")
     later = outbox("REQ-1", transaction="Entitlement")
     waiting = outbox("REQ-2", due=_at(3600))
@@ -338,8 +338,11 @@ def test_discard_releases_the_incident(db: Database, outbox: Outbox) -> None:
     assert [(a.action, a.actor, a.reason, a.new_delivery_id) for a in audit] == [
         ("discard", "bob", "incident closed by phone", None)]
     assert _claim(db, "node-a", _at(31)) == [later]
-    with pytest.raises(deliveries.DeliveryStateError, match=f"delivery {spooled} is sent"):
-        db.run_sync(deliveries.discard, [spooled], actor="bob", reason="x", now=_at(40))
+    # A spool delivery whose acknowledgement never comes must not hold its incident for ever.
+    db.run_sync(deliveries.discard, [spooled], actor="bob", reason="ack lost", now=_at(40))
+    assert _get(db, spooled).state == "discarded"
+    with pytest.raises(deliveries.DeliveryStateError, match=f"delivery {later} is pending"):
+        db.run_sync(deliveries.replay, [later], actor="bob", reason="x", now=_at(45))
     [again] = db.run_sync(deliveries.replay, [dead], actor="bob", reason="wrong one", now=_at(50))
     assert _get(db, again).state == "pending"
 
