@@ -10,8 +10,8 @@ reactor, and the behaviour can be switched while the hub delivers:
 ``close``      accept, then reset the connection at once (RST, nothing read);
 ``delay``      accept, wait *delay* seconds, then forward;
 ``reset``      forward, and reset both sides once the client has sent *reset_after*
-               bytes (by default in the middle of the request body, past the TLS
-               handshake);
+               bytes after the partner's first answer (its TLS hello): past the
+               handshake, in the middle of the HTTP request;
 ``blackhole``  accept and read everything, never answer, never close.
 
 :meth:`FaultProxy.script` queues modes for the next connections (one each), after which
@@ -59,7 +59,7 @@ class ProxyConnection:
 class _Mode:
     name: str = "pass"
     delay: float = 0.0
-    reset_after: int = 1400
+    reset_after: int = 1000
     queue: list[str] = field(default_factory=list)
 
 
@@ -197,6 +197,9 @@ class FaultProxy:
             self.connections.append(record)
         try:
             await self._serve(record, reader, writer, delay, reset_after)
+        except OSError as e:  # the client reset it (a hub that gave up on a silent partner)
+            record.ended = record.ended or f"error: {e.strerror or e}"
+            writer.transport.abort()
         except asyncio.CancelledError:
             record.ended = record.ended or "cancelled"
             _reset(writer)
@@ -229,15 +232,23 @@ class FaultProxy:
             _reset(writer)
             return
         limit = reset_after if record.mode == "reset" else None
+        # Bytes the client sent once the partner had answered its TLS hello: the rest of
+        # the handshake, then the HTTP request.  Counting from there puts the reset after
+        # the handshake whatever the size of the client's hello (post-quantum key shares
+        # make it 1.5 KB), and inside the request.
+        after_hello = 0
 
         async def upstream() -> str:
+            nonlocal after_hello
             while data := await reader.read(65536):
-                if limit is not None and record.bytes_up + len(data) >= limit:
-                    data = data[: max(0, limit - record.bytes_up)]
-                    up_writer.write(data)
-                    record.bytes_up += len(data)
-                    await up_writer.drain()
-                    return "reset"
+                if limit is not None and record.bytes_down > 0:
+                    if after_hello + len(data) >= limit:
+                        data = data[: max(0, limit - after_hello)]
+                        up_writer.write(data)
+                        record.bytes_up += len(data)
+                        await up_writer.drain()
+                        return "reset"
+                    after_hello += len(data)
                 up_writer.write(data)
                 record.bytes_up += len(data)
                 await up_writer.drain()

@@ -39,12 +39,85 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PartnerServer", "Reception", "INBOUND_PATH", "main"]
+__all__ = ["PartnerServer", "Reception", "INBOUND_PATH", "LIFECYCLE", "Step", "lifecycle", "expected_for",
+           "assert_received_in_order", "set_delivery", "set_delivery_config", "hub_deliveries", "delivery_rows", "attempt_lines",
+           "wait_until", "main"]
 
 INBOUND_PATH = "/chs/inbound"
 DELIVERY_ID_HEADER = "Gsem-Delivery-Id"  # spelled here, not imported: the receiver is not the hub
 START_TIMEOUT = 20.0
 _HERE = Path(__file__).resolve().parent
+
+
+_FIXTURES = _HERE.parent / "fixtures" / "lifecycle"
+#: (file, sender, state after it): the demo incident of ``tests/fixtures/lifecycle`` (its README).
+LIFECYCLE = [
+    ("01-service-request.xml", "ACME", "Beginning_State"),
+    ("02-entitlement.xml", "GLOBEX", "Entitled"),
+    ("03-problem-submittal.xml", "ACME", "Problem_Submitted"),
+    ("04-accept-problem.xml", "GLOBEX", "Open_Provider"),
+    ("05-request-problem-information.xml", "GLOBEX", "Open_Requester"),
+    ("06-provide-problem-information.xml", "ACME", "Open_Provider"),
+    ("07-problem-resolution.xml", "GLOBEX", "Closed_Pending_Confirmation"),
+    ("08-confirm-close.xml", "ACME", "Closed"),
+    ("09-query-incident.xml", "ACME", "Closed"),
+]
+_COUNTERPARTY = {"ACME": "GLOBEX", "GLOBEX": "ACME"}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One document of a lifecycle: who sends it, and what its receiver must get."""
+
+    number: int  # 1-9, the fixture's number
+    sender: str
+    recipient: str | None  # None: not delivered (Query_Incident)
+    transaction: str
+    state_after: str
+    requester_id: str
+    provider_id: str  # "" while the provider has not named the incident
+    document: bytes
+
+
+def lifecycle(requester_id: str = "ACME-INC-20931", provider_id: str = "GX-55012", *,
+              steps: int = len(LIFECYCLE)) -> list[Step]:
+    """The demo lifecycle's first *steps* documents for an incident with these ids."""
+    out = []
+    for number, (name, sender, state) in enumerate(LIFECYCLE[:steps], start=1):
+        body = (_FIXTURES / name).read_bytes()
+        body = body.replace(b"ACME-INC-20931", requester_id.encode()).replace(b"GX-55012", provider_id.encode())
+        transaction = body.split(b"<TransactionName>", 1)[1].split(b"<", 1)[0].decode()
+        recipient = None if transaction == "Query_Incident" else _COUNTERPARTY[sender]
+        out.append(Step(number, sender, recipient, transaction, state, requester_id,
+                        provider_id if number >= 2 else "", body))
+    return out
+
+
+def expected_for(recipient: str, steps: Sequence[Step]) -> list[Step]:
+    """What *recipient* must receive of *steps*, in order."""
+    return [s for s in steps if s.recipient == recipient]
+
+
+def assert_received_in_order(messages: Sequence[Reception], expected: Sequence[Step]) -> None:
+    """*messages* (business messages, as accepted) hold exactly *expected*, per incident in order,
+    each as the hub forwards it: CurrentState the state after it, Acknowledge=Yes, ProviderID once known."""
+    by_incident: dict[str, list[Reception]] = {}
+    for m in messages:
+        by_incident.setdefault(m.requester_id, []).append(m)
+    wanted: dict[str, list[Step]] = {}
+    for s in expected:
+        wanted.setdefault(s.requester_id, []).append(s)
+    assert sorted(by_incident) == sorted(wanted), \
+        f"incidents received {sorted(by_incident)}, expected {sorted(wanted)}"
+    ids = [m.delivery_id for m in messages]
+    assert len(ids) == len(set(ids)), f"a delivery id was accepted twice: {ids}"
+    for rid, steps in wanted.items():
+        got = by_incident[rid]
+        assert [(m.transaction, m.current_state) for m in got] == [(s.transaction, s.state_after) for s in steps], \
+            f"{rid}: received {[(m.transaction, m.current_state) for m in got]}"
+        for m, s in zip(got, steps, strict=True):
+            assert m.acknowledge == "Yes", f"{rid} {m.transaction}: Acknowledge={m.acknowledge!r}"
+            assert m.provider_id == s.provider_id, f"{rid} {m.transaction}: ProviderID={m.provider_id!r}"
 
 
 @dataclass(frozen=True)
@@ -152,7 +225,10 @@ class PartnerServer:
     def configure(self, **settings: Any) -> None:
         """Change behaviour: ``delay`` (s), ``reject_requester_ids``, ``reject_transactions``,
         ``reject_status`` (HTTP status sent with Acknowledge=No, default 200), ``faults``
-        (list of ``{"status": 503, "retry_after": 2}`` answered to the next requests, in order)."""
+        (list of ``{"status": 503, "retry_after": 2}`` answered to the next requests, in order;
+        ``{}`` answers one request normally),
+        ``close_connections`` (answer ``Connection: close``: one request per connection, so
+        that a proxy in front sees every attempt as a connection)."""
         self._control("POST", "/config", settings)
 
     def fail_next(self, *faults: Mapping[str, Any]) -> None:
@@ -207,6 +283,71 @@ class PartnerServer:
         assert "Traceback" not in text, "the partner server logged a traceback:\n" + text[-4000:]
 
 
+# -- the hub's side of a delivery test -------------------------------------------------------
+# (``hub`` is a ``tests/integration/hub.py`` RunningHub; kept here so that every delivery test
+# module shares one spelling of these operator steps.)
+
+
+def set_delivery(hub: Any, partner_id: str, *options: object) -> str:
+    """``gsem partners delivery PARTNER OPTIONS…`` (the operator's command); returns its output."""
+    return hub.gsem("partners", "delivery", partner_id, *(str(o) for o in options))
+
+
+def set_delivery_config(hub: Any, **values: object) -> None:
+    """Set keys of ``[delivery]`` in the hub's ``gsem.toml`` (read when the server starts)."""
+    import re
+
+    config = hub.data_dir / "gsem.toml"
+    text = config.read_text("utf-8")
+    head, sep, section = text.partition("\n[delivery]\n")
+    assert sep, "gsem.toml has no [delivery] section"
+    for name, value in values.items():
+        rendered = json.dumps(value) if isinstance(value, str) else str(value).lower() \
+            if isinstance(value, bool) else str(value)
+        section, count = re.subn(rf"(?m)^#? ?{re.escape(name)} = .*$", f"{name} = {rendered}", section, count=1)
+        if count != 1:
+            section = section.rstrip("\n") + f"\n{name} = {rendered}\n"
+    config.write_text(head + sep + section, "utf-8")
+
+
+def hub_deliveries(hub: Any, *options: str) -> list[dict[str, Any]]:
+    """``gsem deliveries list --format json`` (every delivery, oldest first)."""
+    out = hub.gsem("deliveries", "list", "--format", "json", "--limit", "100000", *options)
+    rows = json.loads(out) if out.strip().startswith("[") else [json.loads(line) for line in out.splitlines()
+                                                                  if line.strip()]
+    return sorted(rows, key=lambda r: r["id"])
+
+
+def delivery_rows(hub: Any) -> list[dict[str, Any]]:
+    """Every delivery straight from the hub's database, oldest first: cheap enough to poll
+    (each ``gsem`` command is a new Python process, seconds on a busy machine)."""
+    return hub.query("SELECT id, state, recipient_id, requester_ref, transaction_name, attempts, message_id "
+                     "FROM deliveries ORDER BY id")
+
+
+def attempt_lines(hub: Any) -> list[dict[str, Any]]:
+    """The hub's JSON log lines about delivery attempts (``"event": "delivery_attempt"``), every run."""
+    found = []
+    for line in hub.stdout_lines():
+        if '"delivery_attempt"' in line:
+            record = json.loads(line)
+            if record.get("event") == "delivery_attempt":
+                found.append(record)
+    return found
+
+
+def wait_until(check: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.1) -> Any:
+    """Call *check* until it returns something true (returned); fail naming *what* after *timeout* s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
 # -- the server process ----------------------------------------------------------------------
 
 
@@ -239,6 +380,7 @@ class _Receiver:
         self.settings: dict[str, Any] = {
             "delay": delay, "reject_requester_ids": list(reject_requester_ids),
             "reject_transactions": list(reject_transactions), "reject_status": 200, "faults": [],
+            "close_connections": False,
         }
         self.receptions: list[dict[str, Any]] = []
         self.accepted: dict[str, bytes] = {}  # delivery id -> the ACKNOWLEDGEMENT sent
@@ -262,9 +404,11 @@ class _Receiver:
         }
         self.receptions.append(record)
         headers = {"Content-Type": "application/xml; charset=utf-8"}
+        if self.settings["close_connections"]:
+            headers["Connection"] = "close"
         faults = self.settings["faults"]
-        if faults:
-            fault = faults.pop(0)
+        fault = faults.pop(0) if faults else None
+        if fault is not None and fault.get("status") is not None:
             record.update(outcome="fault", status=int(fault["status"]))
             if fault.get("retry_after") is not None:
                 record["retry_after"] = float(fault["retry_after"])
