@@ -23,14 +23,23 @@ run: $(STAMP)
 # The storage tests also run against a real PostgreSQL: .ci/pg-start installs it if
 # needed, starts a throw-away cluster and prints its URL. Set GSEM_TEST_PG_URL yourself
 # to use another server. If it cannot start, the tests still run and the PostgreSQL
-# ones are skipped with the reason.
+# ones are skipped with the reason.  Likewise the Request Tracker adapter's tests run
+# against a real RT 5: .ci/rt-start installs it if needed (~2 min once), starts a
+# throw-away instance on 127.0.0.1 and prints its URL (GSEM_TEST_RT_URL to use another).
 test: $(STAMP)
 	@url="$${GSEM_TEST_PG_URL:-}"; reason=""; \
 	if [ -z "$$url" ]; then \
 		url=$$(bash .ci/pg-start) || { url=""; reason=".ci/pg-start could not start PostgreSQL (see its messages above)"; }; \
 	fi; \
 	echo "GSEM_TEST_PG_URL=$$url"; \
-	GSEM_TEST_PG_URL="$$url" GSEM_TEST_PG_SKIP_REASON="$$reason" $(BIN)/python -m pytest $(PYTEST_ARGS)
+	rt_url="$${GSEM_TEST_RT_URL:-}"; rt_reason=""; \
+	if [ -z "$$rt_url" ]; then \
+		rt_url=$$(bash .ci/rt-start) || { rt_url=""; rt_reason=".ci/rt-start could not start Request Tracker (see its messages above)"; }; \
+	fi; \
+	echo "GSEM_TEST_RT_URL=$$rt_url"; \
+	GSEM_TEST_PG_URL="$$url" GSEM_TEST_PG_SKIP_REASON="$$reason" \
+	GSEM_TEST_RT_URL="$$rt_url" GSEM_TEST_RT_SKIP_REASON="$$rt_reason" \
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 pg-start:
 	bash .ci/pg-start
