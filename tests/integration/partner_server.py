@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["PartnerServer", "Reception", "INBOUND_PATH", "LIFECYCLE", "Step", "lifecycle", "expected_for",
-           "assert_received_in_order", "set_delivery", "set_delivery_config", "hub_deliveries", "delivery_rows", "attempt_lines",
+           "assert_received_in_order", "acknowledgement_of", "set_delivery", "set_delivery_config", "hub_deliveries", "delivery_rows", "attempt_lines",
            "wait_until", "main"]
 
 INBOUND_PATH = "/chs/inbound"
@@ -142,6 +142,16 @@ class Reception:
     def from_json(cls, data: Mapping[str, Any]) -> Reception:
         """From one entry of ``GET /log``."""
         return cls(**{k: data.get(k) for k in cls.__dataclass_fields__})  # type: ignore[arg-type]
+
+    @classmethod
+    def of_document(cls, seq: int, delivery_id: str, body: bytes, *, outcome: str = "accepted") -> Reception:
+        """A document a pull or spool partner (played by the test) took, as if it had been pushed."""
+        from lxml import etree
+
+        root = etree.fromstring(body, etree.XMLParser(resolve_entities=False, no_network=True))
+        return cls(seq, time.time(), delivery_id, _text(root, "RequesterID"), _text(root, "ProviderID"),
+                   _text(root, "TransactionName"), _text(root, "CurrentState"), _text(root, "Acknowledge"),
+                   outcome, 200, None, None, body.decode("utf-8", "replace"))
 
 
 class PartnerServer:
@@ -353,6 +363,14 @@ def wait_until(check: Callable[[], Any], *, timeout: float, what: str, interval:
 
 def _text(root: Any, tag: str) -> str:
     return (root.findtext(tag) or "").strip() if root is not None else ""
+
+
+def acknowledgement_of(document: bytes, *, ok: bool = True, ack_id: str, error: str | None = None) -> bytes:
+    """A receiver's ACKNOWLEDGEMENT of *document* (for pull and spool partners played by the test)."""
+    from lxml import etree
+
+    root = etree.fromstring(document, etree.XMLParser(resolve_entities=False, no_network=True))
+    return _acknowledgement(ok, root, hashlib.sha256(document).hexdigest(), ack_id, error)
 
 
 def _acknowledgement(ok: bool, root: Any, digest: str, ack_id: str, error: str | None) -> bytes:
