@@ -272,7 +272,15 @@ class RtClient:
         the queue's context and takes the first field of that name in the whole RT.
         """
         if queue not in self._cf_ids:
-            info = await self.request("GET", f"/queue/{await self.queue_id(queue)}")
+            try:
+                queue_id = await self.queue_id(queue)
+            except RtError as e:
+                if e.status not in (400, 404):
+                    raise
+                # A configuration problem an operator fixes: deliveries wait for it.
+                raise RtError(f"RT has no queue {queue!r} that the hub's RT user can see ({e})",
+                              transient=True, status=e.status) from None
+            info = await self.request("GET", f"/queue/{queue_id}")
             ids = {str(cf.get("name")): str(cf.get("id")) for cf in info.get("TicketCustomFields") or []}
             missing = [name for name in CUSTOM_FIELDS if name not in ids]
             if missing:
