@@ -186,6 +186,11 @@ class PrivateRt:
         self.process: subprocess.Popen[bytes] | None = None
         self.runs = 0
 
+    @staticmethod
+    def possible() -> bool:
+        """Whether there is a .ci/rt-start instance to copy and an rt-server to run."""
+        return RT_SERVER.exists() and (RT_DIR / "rtdb").exists() and (RT_DIR / "RT_SiteConfig.pm").exists()
+
     def start(self, timeout: float = 120.0) -> float:
         """Run rt-server and wait until REST answers; the seconds it took."""
         started = time.monotonic()
