@@ -671,7 +671,13 @@ class RequestTrackerAdapter:
             message["Status"] = status
         if files:
             message["Attachments"] = files
-        await self.rt.add_message(ticket_id, "comment", message)
+        said = await self.rt.add_message(ticket_id, "comment", message)
+        if status:
+            # REST 2.0 answers 201 even when RT refuses the status (its lifecycle); check.
+            now = (await self.rt.ticket(ticket_id)).status
+            if now != status:
+                raise RtError(f"RT did not set ticket {ticket_id} to {status!r} for {name} (it is {now!r}): "
+                              + "; ".join(said), transient=False)
         if name == "Problem_Submittal":
             title = _subject(root, requester_ref)
             if root.find("PROBLEM") is not None:
