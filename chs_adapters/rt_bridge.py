@@ -492,7 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = tomllib.loads(args.config.read_text("utf-8"))
         settings = BridgeSettings.from_mapping(options, base=args.config.resolve().parent)
     except (OSError, ValueError) as e:
-        print(f"rt_bridge: {args.config}: {e}", file=sys.stderr)
+        print(f"rt_bridge: {args.config}: {str(e).removeprefix('rt_bridge: ')}", file=sys.stderr)
         return 2
 
     from twisted.internet import reactor
