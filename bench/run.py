@@ -502,7 +502,8 @@ def run_load(settings: Settings, name: str, server: Server, *, mode: str, size: 
             if stats_end is None and now >= window_end:
                 stats_end, machine_end = server.stat(), machine_cpu()
             if rss_every and window_start <= now <= window_end and now >= next_rss:
-                rss_samples.append((round(now - window_start, 2), server.stat()["rss"]))
+                sample = server.stat()
+                rss_samples.append((round(now - window_start, 2), sample["rss"], sample["cpu"], server.acks_yes))
                 next_rss += rss_every
             for worker in workers:
                 while True:
@@ -516,7 +517,10 @@ def run_load(settings: Settings, name: str, server: Server, *, mode: str, size: 
                         results[payload["worker"]] = payload
                     elif kind == "EOF" and workers.index(worker) not in results:
                         raise SystemExit(f"bench: a load generator of {name} died; see {worker.log.name}")
-            if now >= next_print and progress:
+            # Print once every generator has reported this tick (they report every 5 s from
+            # GO), or 2 s late if one has not.
+            reported = len(progress) == procs and all(p["t"] >= next_print - go - 0.5 for p in progress.values())
+            if progress and now >= next_print and (reported or now >= next_print + 2.0):
                 next_print += 5.0
                 ok = sum(p["ok"] for p in progress.values())
                 errors = sum(p["errors"] for p in progress.values())
@@ -602,7 +606,8 @@ def run_load(settings: Settings, name: str, server: Server, *, mode: str, size: 
     if server_exit is not None:
         result["server_exited"] = server_exit
     if rss_samples:
-        result["rss_samples"] = [(t, round(v / MIB, 2)) for t, v in rss_samples]
+        result["rss_samples"] = [(t, round(v / MIB, 2)) for t, v, _, _ in rss_samples]
+        result["drift"] = soak_drift(rss_samples)
     result["_server_counts"] = {"acks_logged": server.acks, "acks_yes_logged": server.acks_yes}
     return result
 
@@ -758,14 +763,19 @@ def commit_floor(path: Path, commits: int = 200) -> dict[str, float | None]:
     database.run_sync(lambda conn: conn.exec_driver_sql("CREATE TABLE floor (body BLOB)"))
     row = os.urandom(2048)
     times = []
+    cpu = 0.0
     for _ in range(commits):
         t0 = time.perf_counter()
+        c0 = time.thread_time()
         database.run_sync(lambda conn: conn.execute(sa.text("INSERT INTO floor VALUES (:b)"), {"b": row}))
+        cpu += time.thread_time() - c0
         times.append((time.perf_counter() - t0) * 1e6)
     database.engine.dispose()
     for suffix in ("", "-wal", "-shm"):
         Path(str(path) + suffix).unlink(missing_ok=True)
-    return {k: _r(v, 1) for k, v in latency_summary(times).items()}
+    result = {k: _r(v, 1) for k, v in latency_summary(times).items()}
+    result["cpu_mean"] = _r(cpu / commits * 1e6, 1)
+    return result
 
 
 # -- the machine -----------------------------------------------------------------------------------
@@ -817,12 +827,14 @@ def engine_revision() -> dict[str, Any]:
     """The commit measured, and whether engine files had uncommitted changes."""
     def git(*args: str) -> str:
         try:
-            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout
         except (OSError, subprocess.TimeoutExpired):
             return ""
 
-    dirty = [line[3:] for line in git("status", "--porcelain", "--", "gsem", "transactions", "schemas").splitlines()]
-    return {"commit": git("rev-parse", "--short", "HEAD"), "uncommitted_engine_files": dirty}
+    # Porcelain lines are "XY PATH": the status letters may start with a space.
+    dirty = [line[3:] for line in git("status", "--porcelain", "--", "gsem", "transactions", "schemas").splitlines()
+             if len(line) > 3]
+    return {"commit": git("rev-parse", "--short", "HEAD").strip(), "uncommitted_engine_files": dirty}
 
 
 # -- reporting -------------------------------------------------------------------------------------
@@ -916,6 +928,24 @@ def soak_verdict(samples: list[tuple[float, float]]) -> dict[str, Any]:
             "flat": growth <= SOAK_FLAT_TOLERANCE}
 
 
+def soak_drift(samples: list[tuple[float, int, float, int]]) -> dict[str, Any]:
+    """Throughput and server CPU per transaction in the first and the last third of a soak.
+
+    A hub whose work per transaction grows with what it has stored (a table scan, a
+    growing index) shows it here before it shows in memory.
+    """
+    third = len(samples) // 3
+    if third < 1:
+        return {}
+
+    def span(a: tuple[float, int, float, int], b: tuple[float, int, float, int]) -> dict[str, float | None]:
+        seconds, tx, cpu = b[0] - a[0], b[3] - a[3], b[2] - a[2]
+        return {"tps": round(tx / seconds, 1) if seconds else None,
+                "server_cpu_s_per_1000": round(cpu / tx * 1000, 3) if tx else None}
+
+    return {"first_third": span(samples[0], samples[third]), "last_third": span(samples[-third - 1], samples[-1])}
+
+
 def summary_rows(report: dict[str, Any]) -> list[list[str]]:
     """The table rows shared by the terminal summary and the Markdown file."""
     rows = []
@@ -928,12 +958,13 @@ def summary_rows(report: dict[str, Any]) -> list[list[str]]:
             label += f" ({phase['offered_tps']:,.0f} tx/s offered)"
         rows.append([name, label, fmt(phase["tps"], 1), fmt(lat["p50"]), fmt(lat["p95"]), fmt(lat["p99"]),
                      fmt(phase["server_cpu_s_per_1000"], 3), fmt(phase["server_vmhwm_mib"], 0),
-                     fmt(phase["loadgen_cpu_us_per_tx"], 0), str(phase["errors"])])
+                     fmt(phase["loadgen_cpu_us_per_tx"], 0), fmt(phase.get("other_cores_busy"), 2),
+                     str(phase["errors"])])
     return rows
 
 
 HEADERS = ["phase", "what", "tx/s", "p50 ms", "p95 ms", "p99 ms", "server CPU s/1000 tx",
-           "server peak MiB", "loadgen CPU µs/tx", "errors"]
+           "server peak MiB", "loadgen CPU µs/tx", "other cores busy", "errors"]
 
 
 def print_summary(report: dict[str, Any]) -> None:
@@ -969,6 +1000,11 @@ def print_summary(report: dict[str, Any]) -> None:
         say(f"soak: RSS first third {m['first_third_mib']} MiB, last third {m['last_third_mib']} MiB "
             f"({m['growth_pct']:+.2f} %, {m['slope_mib_per_min']:+.3f} MiB/min): "
             f"{'flat' if m['flat'] else 'NOT flat'}")
+        drift = soak.get("drift") or {}
+        if drift:
+            a, b = drift["first_third"], drift["last_third"]
+            say(f"soak: first third {fmt(a['tps'], 1)} tx/s at {fmt(a['server_cpu_s_per_1000'], 3)} s CPU/1000 tx, "
+                f"last third {fmt(b['tps'], 1)} tx/s at {fmt(b['server_cpu_s_per_1000'], 3)} s CPU/1000 tx")
     say("Targets:")
     for t in report["targets"]:
         status = "not run" if t["met"] is None else ("MET" if t["met"] else "NOT MET")
@@ -1005,13 +1041,22 @@ def markdown_block(report: dict[str, Any]) -> str:
             f"{fmt(inproc['decide_and_commit_us']['mean'], 0)} µs (of which CPU "
             f"{fmt(inproc['decide_and_commit_cpu_us']['mean'], 0)} µs). A one-row commit with the same "
             f"SQLite settings takes {fmt(inproc['commit_floor_us']['mean'], 0)} µs "
-            f"(p99 {fmt(inproc['commit_floor_us']['p99'], 0)} µs).",
+            f"(p99 {fmt(inproc['commit_floor_us']['p99'], 0)} µs, CPU "
+            f"{fmt(inproc['commit_floor_us'].get('cpu_mean'), 0)} µs).",
         ]
     lg = report["phases"].get("loadgen")
     if lg:
         lines += ["", f"Load generator: {fmt(lg['loadgen_cpu_us_per_tx'], 0)} µs CPU per transaction "
                       f"against the minimal responder, i.e. about {lg['loadgen_ceiling_tps_per_core']:,} tx/s "
                       "per core it gets."]
+    soak = report["phases"].get("soak")
+    if soak and soak.get("drift"):
+        a, b = soak["drift"]["first_third"], soak["drift"]["last_third"]
+        mem = soak["memory"]
+        lines += ["", f"Soak ({soak['duration_s']:g} s): RSS {mem['first_third_mib']} MiB in the first third, "
+                      f"{mem['last_third_mib']} MiB in the last ({mem['growth_pct']:+.2f} %, peak {mem['max_mib']} MiB); "
+                      f"{fmt(a['tps'], 1)} tx/s at {fmt(a['server_cpu_s_per_1000'], 3)} s CPU per 1,000 tx in the "
+                      f"first third, {fmt(b['tps'], 1)} tx/s at {fmt(b['server_cpu_s_per_1000'], 3)} in the last."]
     lines += ["", "| target | measured | met |", "|---|---|---|"]
     for t in report["targets"]:
         status = "not run" if t["met"] is None else ("yes" if t["met"] else "**no**")
