@@ -20,6 +20,15 @@ run: $(STAMP)
 	test -f $(DEMO_DIR)/gsem.toml || $(BIN)/gsem init $(DEMO_DIR) --demo
 	$(BIN)/gsem --data-dir $(DEMO_DIR) serve
 
+# One incident's whole lifecycle between ACME (the reference CHS client) and GLOBEX's
+# Request Tracker, through a hub in a fresh demo/run-<time>; prints a timeline and the
+# commands to inspect it (README "Demo").  DEMO_ARGS: e.g. --keep-running (scripts/demo.py --help).
+.PHONY: demo
+DEMO_ARGS ?=
+demo: $(STAMP)
+	@rt_url=$$(bash .ci/rt-start) || { echo "make demo: Request Tracker could not start (.ci/rt-start's messages are above)" >&2; exit 1; }; \
+	$(BIN)/python scripts/demo.py --rt-url "$$rt_url" $(DEMO_ARGS)
+
 # The storage tests also run against a real PostgreSQL: .ci/pg-start installs it if
 # needed, starts a throw-away cluster and prints its URL. Set GSEM_TEST_PG_URL yourself
 # to use another server. If it cannot start, the tests still run and the PostgreSQL
