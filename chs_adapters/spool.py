@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ from chs_adapters.base import (
     TransientFailure,
     read_receiver_ack,
 )
+from gsem.files import write_atomically
 
 __all__ = ["SpoolAdapter", "SpoolAck", "outbox_name", "MAX_ACK_BYTES"]
 
@@ -70,34 +70,6 @@ class SpoolAck:
     acknowledged: bool
     error: str | None
     path: Path
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    # Temporary file in the same directory (rename is atomic only within a file system),
-    # fsync'd before the rename and the directory after it, so that after a power loss
-    # the name is either absent or names the whole document.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
 
 
 class SpoolAdapter:
@@ -137,7 +109,7 @@ class SpoolAdapter:
         """Write the document into the outbox; :class:`Accepted` once it is on disk."""
         path = self.outbox / outbox_name(delivery)
         try:
-            _write_atomically(path, delivery.document)
+            write_atomically(path, delivery.document)
         except OSError as e:
             return TransientFailure(f"cannot write {path}: {e.strerror or e}")
         return Accepted(f"written to {path}")

@@ -19,6 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from gsem.cli import report_error
 from gsem.errors import ConfigError, GsemError
 
 __all__ = ["register", "DEFAULT_STATE"]
@@ -249,14 +250,8 @@ def _run(command: Command, *, long_running: bool = False) -> int:
     async def guarded() -> int:
         try:
             return await command(reactor, stopping)
-        except ConfigError as e:
-            print("gsem: configuration problems:", file=sys.stderr)
-            for problem in e.problems:
-                print(f"  - {problem}", file=sys.stderr)
-            return 2
         except GsemError as e:
-            print(f"gsem: {e}", file=sys.stderr)
-            return 2
+            return report_error(e)
         except CancelledError:
             return 130
 

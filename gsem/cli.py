@@ -13,7 +13,7 @@ from pathlib import Path
 from gsem.config import default_data_dir
 from gsem.errors import ConfigError, GsemError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "report_error"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,16 +49,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.data_dir = default_data_dir()
     try:
         return int(args.func(args) or 0)
-    except ConfigError as e:
-        print("gsem: configuration problems:", file=sys.stderr)
-        for problem in e.problems:
-            print(f"  - {problem}", file=sys.stderr)
-        return 2
     except GsemError as e:
-        print(f"gsem: {e}", file=sys.stderr)
-        return 2
+        return report_error(e)
     except KeyboardInterrupt:
         return 130
+
+
+def report_error(error: GsemError) -> int:
+    """Tell the user what went wrong, without a traceback; returns the exit status (2)."""
+    if isinstance(error, ConfigError):
+        print("gsem: configuration problems:", file=sys.stderr)
+        for problem in error.problems:
+            print(f"  - {problem}", file=sys.stderr)
+    else:
+        print(f"gsem: {error}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

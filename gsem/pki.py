@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 import re
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gsem.errors import GsemError
+from gsem.files import write_atomically
 
 __all__ = [
     "PrivateKey",
@@ -280,27 +279,9 @@ def make_crl(
     return builder.sign(ca_key, hashes.SHA256())
 
 
-def _write_atomically(path: Path, data: bytes, mode: int) -> None:
-    # The TLS listener re-reads trust files when they change; writing a temporary file
-    # and renaming it means it never sees a half-written one.  mkstemp creates the file
-    # 0600 before any byte is written, so a key is never readable by others.
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def write_cert(path: Path, cert: x509.Certificate) -> None:
     """Write *cert* as PEM to *path* (mode 0644), replacing it atomically."""
-    _write_atomically(path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_atomically(path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
 
 
 def write_key(path: Path, key: PrivateKey) -> None:
@@ -310,12 +291,12 @@ def write_key(path: Path, key: PrivateKey) -> None:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    _write_atomically(path, data, 0o600)
+    write_atomically(path, data, mode=0o600)
 
 
 def write_crl(path: Path, crl: x509.CertificateRevocationList) -> None:
     """Write *crl* as PEM to *path* (mode 0644), replacing it atomically."""
-    _write_atomically(path, crl.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_atomically(path, crl.public_bytes(serialization.Encoding.PEM), mode=0o644)
 
 
 def load_cert(path: Path) -> x509.Certificate:
