@@ -113,7 +113,7 @@ def test_push_through_faults_delivers_every_message_once_in_order_within_the_bac
                  "--timeout", 5, "--retry-base", RETRY_BASE, "--retry-cap", RETRY_CAP)
     # One request per connection, so that the proxy sees every attempt as a connection.
     # The plan, at most four failures in a row (the circuit breaker opens at five):
-    #   01: refused (socket closed) 2-4 times, then through               -> request 1: Yes
+    #   01: refused (socket closed) 1-4 times, then through               -> request 1: Yes
     #   03: reset mid-request, never answered, then through               -> request 2: 503
     #       Retry-After 2, then                                            -> request 3: Yes
     #   06: delayed past the timeout, then                                 -> request 4: 500,
@@ -127,7 +127,9 @@ def test_push_through_faults_delivers_every_message_once_in_order_within_the_bac
 
     steps = lifecycle()
     _post_all(hub, steps)
-    wait_until(lambda: len(_attempts(hub, "GLOBEX")) >= 2, timeout=15, what="two refused attempts to GLOBEX")
+    # Listen again after the first refusal: the next refusals come quickly (full jitter
+    # can make a retry almost immediate), and a fifth in a row would open the breaker.
+    wait_until(lambda: _attempts(hub, "GLOBEX"), timeout=15, what="a refused attempt to GLOBEX", interval=0.02)
     proxy.script(PROXY_PLAN)
     proxy.set_mode("pass", delay=TIMEOUT + 0.5)
 
@@ -163,7 +165,7 @@ def test_push_through_faults_delivers_every_message_once_in_order_within_the_bac
     attempts = _attempts(hub, "GLOBEX")
     connections = proxy.log()
     refused = [a for a in attempts if a["outcome"] == "transient" and "refused" in (a["error"] or "")]
-    assert len(refused) >= 2
+    assert refused, attempts
     assert len(attempts) == len(refused) + len(connections), (attempts, connections)
     assert [c.mode for c in connections] == [*PROXY_PLAN, "pass"], connections
     # The reset came after the TLS handshake (the partner had answered it) and before the
@@ -177,7 +179,9 @@ def test_push_through_faults_delivers_every_message_once_in_order_within_the_bac
     # shorter than its Retry-After.
     seen = sorted([_ts(a["started_at"]) for a in refused] + [c.at for c in connections])
     gaps = [b - a for a, b in zip(seen, seen[1:], strict=False)]
-    assert max(gaps) <= TIMEOUT + RETRY_CAP + POLL + SLACK, gaps
+    summary = [(a["delivery_id"], a["attempt"], a["outcome"], a["http_status"], a["error"], a["started_at"])
+               for a in attempts]
+    assert max(gaps) <= TIMEOUT + RETRY_CAP + POLL + SLACK, (gaps, summary, connections)
     (told,) = [r for r in globex.receptions() if r.retry_after is not None]
     after = [c.at for c in connections if c.at > told.at]
     assert after and after[0] - told.at >= RETRY_AFTER, (told.at, after[:1])
