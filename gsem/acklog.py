@@ -1,4 +1,4 @@
-"""One structured (JSON) line per acknowledgement (SPEC §8)."""
+"""One structured (JSON) line per acknowledgement and per delivery attempt (SPEC §8)."""
 
 from __future__ import annotations
 
@@ -27,5 +27,9 @@ class AckLog:
             **outcome.log_fields,
             "timings_ms": timings,
         }
+        self.emit(record)
+
+    def emit(self, record: dict[str, Any]) -> None:
+        """Write one record as one JSON line."""
         self.stream.write(json.dumps(record, separators=(",", ":")) + "\n")
         self.stream.flush()

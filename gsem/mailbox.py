@@ -70,10 +70,32 @@ class MailboxResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, database: Any, *, clock: Any = None) -> None:
+    def __init__(self, database: Any, *, clock: Any = None, log: Any = None) -> None:
         super().__init__()
         self.database = database
+        #: where the JSON line of each hand-out and acknowledgement goes (an AckLog)
+        self.log = log
         self._seconds: Callable[[], float] = clock.seconds if clock is not None else time.time
+
+    def _log_attempt(self, delivery: deliveries.Delivery, now: datetime, event: str, **fields: Any) -> None:
+        # SPEC §8: one JSON line per delivery attempt; a hand-out is the pull mode's attempt
+        # and the partner's acknowledgement settles it, as with the other modes.
+        if self.log is None:
+            return
+        self.log.emit({
+            "event": event,
+            "time": now.isoformat(timespec="milliseconds") + "Z",
+            "node": deliveries.MAILBOX_OWNER,
+            "delivery_id": delivery.id,
+            "recipient": delivery.recipient_id,
+            "mode": "pull",
+            "incident_id": delivery.incident_id,
+            "transaction": delivery.transaction_name,
+            "requester_id": delivery.requester_ref,
+            "attempt": delivery.attempts,
+            "state": delivery.state,
+            **fields,
+        })
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._seconds(), UTC).replace(tzinfo=None)
@@ -142,6 +164,9 @@ class MailboxResource(Resource):
         if delivery is None:
             request.setResponseCode(204)
             return
+        self._log_attempt(delivery, now, "delivery_attempt", outcome="accepted", error=None,
+                          lease_until=delivery.lease_until.isoformat(timespec="seconds") + "Z"
+                          if delivery.lease_until else None)
         request.setResponseCode(200)
         request.setHeader(b"Content-Type", b"application/xml")
         request.setHeader(DELIVERY_ID_HEADER.encode("ascii"), str(delivery.id).encode("ascii"))
@@ -172,6 +197,8 @@ class MailboxResource(Resource):
                 raise _Answer(409, str(e)) from None
 
         settled = await self.database.run(thd)
+        self._log_attempt(settled, now, "receiver_acknowledgement", acknowledged=ack.acknowledged,
+                          error=None if ack.acknowledged else settled.last_error)
         request.setResponseCode(200)
         request.setHeader(b"Content-Type", _TEXT)
         said = "acknowledged" if settled.state == "acknowledged" else f"{settled.state}: {settled.last_error}"

@@ -173,7 +173,7 @@ def build_site(exchange: Exchange, *, strict_of: Callable[[str], bool], max_body
     sis.putChild(b"v1", v1)
     v1.putChild(b"transactions", InboundTransactionResource(exchange, strict_of))
     # Pull partners fetch and acknowledge their deliveries on the same listener (SPEC §7).
-    v1.putChild(b"mailbox", MailboxResource(exchange.database, clock=reactor))
+    v1.putChild(b"mailbox", MailboxResource(exchange.database, clock=reactor, log=exchange.ack_log))
     site = Site(root, timeout=idle_timeout, reactor=reactor)
     site.requestFactory = LimitedRequest
     site.max_body_bytes = max_body_bytes  # type: ignore[attr-defined]
