@@ -22,6 +22,11 @@ The test talks to it through a plain-HTTP control port on 127.0.0.1: ``GET /log`
 returns the record as JSON, ``POST /config`` changes the behaviour.  It runs in a
 subprocess so that the test process needs no reactor.  :class:`PartnerServer` is the
 test side.
+
+Beside it, what every delivery test shares: the demo lifecycle rewritten for any
+incident, with what each partner must receive of it (:func:`lifecycle`,
+:func:`expected_for`, :func:`assert_received_in_order`), and the operator's steps on the
+hub (:func:`set_delivery` and friends).
 """
 
 from __future__ import annotations
@@ -39,9 +44,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PartnerServer", "Reception", "INBOUND_PATH", "LIFECYCLE", "Step", "lifecycle", "expected_for",
-           "assert_received_in_order", "acknowledgement_of", "set_delivery", "set_delivery_config", "hub_deliveries", "delivery_rows", "attempt_lines",
-           "wait_until", "main"]
+__all__ = [
+    # the partner's server
+    "PartnerServer", "Reception", "INBOUND_PATH", "acknowledgement_of", "main",
+    # what a partner must receive of the demo lifecycle
+    "LIFECYCLE", "Step", "lifecycle", "expected_for", "assert_received_in_order",
+    # the operator's side of a delivery test
+    "set_delivery", "set_delivery_config", "hub_deliveries", "delivery_rows", "attempt_lines", "wait_until",
+]
 
 INBOUND_PATH = "/chs/inbound"
 DELIVERY_ID_HEADER = "Gsem-Delivery-Id"  # spelled here, not imported: the receiver is not the hub
