@@ -387,7 +387,9 @@ def _register_partners_delivery(partners: argparse._SubParsersAction,
     g = p.add_argument_group("retries (any mode; defaults: base 1 s, cap 300 s, 20 attempts, 24 h)")
     g.add_argument("--max-attempts", type=_positive, metavar="N", help="dead after N attempts")
     g.add_argument("--retry-base", type=_seconds, metavar="S", help="the first retry within S")
-    g.add_argument("--retry-cap", type=_seconds, metavar="S", help="never wait longer than S between attempts")
+    g.add_argument("--retry-cap", type=_seconds, metavar="S", help="the backoff's longest wait between attempts (a receiver's Retry-After may ask for "
+                   "longer; a partner that keeps failing is also paused by the circuit breaker: "
+                   "30 s after 5 failures in a row, doubling up to 10 min)")
     g.add_argument("--max-age", type=_seconds, metavar="S", help="dead when still undelivered after S")
     p.set_defaults(func=_partners_delivery)
 

@@ -29,13 +29,14 @@ class RetryPolicy:
               retry_after: float | None = None) -> float:
         """Seconds to wait after *attempts_made* failed attempts ("full jitter").
 
-        A receiver's ``Retry-After`` is honoured: never retry sooner than it asks (but
-        never later than the cap).
+        A receiver's ``Retry-After`` is honoured even beyond the cap: the receiver knows
+        when it can take the delivery again, and hammering it sooner helps nobody.  The
+        delivery's ``max_age`` still bounds how long it is tried in all.
         """
         ceiling = min(self.cap, self.base * (2 ** max(attempts_made - 1, 0)))
         delay = (rng or random).uniform(0, ceiling)
         if retry_after is not None:
-            delay = max(delay, min(retry_after, self.cap))
+            delay = max(delay, retry_after)
         return delay
 
     def exhausted(self, attempts_made: int, age: float) -> bool:
