@@ -89,6 +89,8 @@ incidents = sa.Table(
     sa.Column("updated_at", sa.DateTime, nullable=False),
     sa.UniqueConstraint("requester_id", "requester_ref", name="uq_incident_requester_ref"),
     sa.Index("ix_incident_provider_ref", "provider_id", "requester_ref"),
+    # added by 0003_requester_ref_index: _find_incident looks up by RequesterID alone
+    sa.Index("ix_incident_requester_ref", "requester_ref"),
 )
 
 #: Every request the hub read from a partner, accepted or not (SPEC §6).
