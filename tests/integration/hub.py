@@ -37,6 +37,23 @@ from sqlalchemy.pool import NullPool
 
 from gsem.config import load_config
 
+#: The fixtures of one incident's lifecycle (tests/fixtures/lifecycle, its README).
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "lifecycle"
+#: (file, sender, state after it), in the order they must be sent.
+LIFECYCLE = [
+    ("01-service-request.xml", "ACME", "Beginning_State"),
+    ("02-entitlement.xml", "GLOBEX", "Entitled"),
+    ("03-problem-submittal.xml", "ACME", "Problem_Submitted"),
+    ("04-accept-problem.xml", "GLOBEX", "Open_Provider"),
+    ("05-request-problem-information.xml", "GLOBEX", "Open_Requester"),
+    ("06-provide-problem-information.xml", "ACME", "Open_Provider"),
+    ("07-problem-resolution.xml", "GLOBEX", "Closed_Pending_Confirmation"),
+    ("08-confirm-close.xml", "ACME", "Closed"),
+    ("09-query-incident.xml", "ACME", "Closed"),
+]
+#: Who receives what each demo partner sends.
+COUNTERPARTY = {"ACME": "GLOBEX", "GLOBEX": "ACME"}
+
 __all__ = [
     "CURL",
     "GSEM",

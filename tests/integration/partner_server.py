@@ -44,6 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hub import COUNTERPARTY, FIXTURES, LIFECYCLE
+
 __all__ = [
     # the partner's server
     "PartnerServer", "Reception", "INBOUND_PATH", "acknowledgement_of", "main",
@@ -59,20 +61,6 @@ START_TIMEOUT = 20.0
 _HERE = Path(__file__).resolve().parent
 
 
-_FIXTURES = _HERE.parent / "fixtures" / "lifecycle"
-#: (file, sender, state after it): the demo incident of ``tests/fixtures/lifecycle`` (its README).
-LIFECYCLE = [
-    ("01-service-request.xml", "ACME", "Beginning_State"),
-    ("02-entitlement.xml", "GLOBEX", "Entitled"),
-    ("03-problem-submittal.xml", "ACME", "Problem_Submitted"),
-    ("04-accept-problem.xml", "GLOBEX", "Open_Provider"),
-    ("05-request-problem-information.xml", "GLOBEX", "Open_Requester"),
-    ("06-provide-problem-information.xml", "ACME", "Open_Provider"),
-    ("07-problem-resolution.xml", "GLOBEX", "Closed_Pending_Confirmation"),
-    ("08-confirm-close.xml", "ACME", "Closed"),
-    ("09-query-incident.xml", "ACME", "Closed"),
-]
-_COUNTERPARTY = {"ACME": "GLOBEX", "GLOBEX": "ACME"}
 
 
 @dataclass(frozen=True)
@@ -94,10 +82,10 @@ def lifecycle(requester_id: str = "ACME-INC-20931", provider_id: str = "GX-55012
     """The demo lifecycle's first *steps* documents for an incident with these ids."""
     out = []
     for number, (name, sender, state) in enumerate(LIFECYCLE[:steps], start=1):
-        body = (_FIXTURES / name).read_bytes()
+        body = (FIXTURES / name).read_bytes()
         body = body.replace(b"ACME-INC-20931", requester_id.encode()).replace(b"GX-55012", provider_id.encode())
         transaction = body.split(b"<TransactionName>", 1)[1].split(b"<", 1)[0].decode()
-        recipient = None if transaction == "Query_Incident" else _COUNTERPARTY[sender]
+        recipient = None if transaction == "Query_Incident" else COUNTERPARTY[sender]
         out.append(Step(number, sender, recipient, transaction, state, requester_id,
                         provider_id if number >= 2 else "", body))
     return out

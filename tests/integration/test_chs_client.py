@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from fault_proxy import FaultProxy
-from hub import CURL, GSEM, RunningHub
+from hub import CURL, FIXTURES, GSEM, LIFECYCLE, RunningHub
 from lxml import etree
 from twisted.internet import reactor
 from twisted.internet.task import Clock, deferLater
@@ -41,19 +41,6 @@ from gsem.schema import ack_schema
 
 pytestmark = pytest.mark.integration
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "lifecycle"
-#: (file, sender, state after it): the fixtures' README.
-LIFECYCLE = [
-    ("01-service-request.xml", "ACME", "Beginning_State"),
-    ("02-entitlement.xml", "GLOBEX", "Entitled"),
-    ("03-problem-submittal.xml", "ACME", "Problem_Submitted"),
-    ("04-accept-problem.xml", "GLOBEX", "Open_Provider"),
-    ("05-request-problem-information.xml", "GLOBEX", "Open_Requester"),
-    ("06-provide-problem-information.xml", "ACME", "Open_Provider"),
-    ("07-problem-resolution.xml", "GLOBEX", "Closed_Pending_Confirmation"),
-    ("08-confirm-close.xml", "ACME", "Closed"),
-    ("09-query-incident.xml", "ACME", "Closed"),
-]
 #: Fast retries, so that tests of retrying take milliseconds.
 QUICK_RETRY = RetryPolicy(base=0.05, cap=0.2, max_attempts=4, max_age=10.0)
 REQUESTER = ("Priya", "Natarajan", "+44 20 7946 0321")

@@ -10,33 +10,18 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
-from hub import RunningHub, ack_codes, ack_text
+from hub import COUNTERPARTY, FIXTURES, LIFECYCLE, RunningHub, ack_codes, ack_text
 from lxml import etree
 
 from gsem.schema import ack_schema
 
 pytestmark = pytest.mark.integration
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "lifecycle"
 REQUESTER_ID = "ACME-INC-20931"
 PROVIDER_ID = "GX-55012"
 
-#: (file, sender, state after it) — the table of the fixtures' README.
-LIFECYCLE = [
-    ("01-service-request.xml", "ACME", "Beginning_State"),
-    ("02-entitlement.xml", "GLOBEX", "Entitled"),
-    ("03-problem-submittal.xml", "ACME", "Problem_Submitted"),
-    ("04-accept-problem.xml", "GLOBEX", "Open_Provider"),
-    ("05-request-problem-information.xml", "GLOBEX", "Open_Requester"),
-    ("06-provide-problem-information.xml", "ACME", "Open_Provider"),
-    ("07-problem-resolution.xml", "GLOBEX", "Closed_Pending_Confirmation"),
-    ("08-confirm-close.xml", "ACME", "Closed"),
-    ("09-query-incident.xml", "ACME", "Closed"),
-]
-COUNTERPARTY = {"ACME": "GLOBEX", "GLOBEX": "ACME"}
 
 #: A Service_Request with two problems: no AGREEMENT/ContractID, and a severity of 9.
 REJECTED_REQUEST = b"""<SERVICE_INCIDENT>
