@@ -37,6 +37,40 @@ _PARSER = etree.XMLParser(resolve_entities=False, no_network=True)
 #: How often a transaction is retried after losing a race on a unique key.
 _RACE_RETRIES = 3
 
+# Every statement of the hot path is built once, with bind parameters: building one per
+# call (``.values(**literals)``) cost more CPU than running it, and SQLAlchemy's compiled
+# cache only helps when the statement object need not be rebuilt and re-keyed each time.
+_incidents = model.incidents
+_keys = model.idempotency_keys
+_acks = model.acknowledgements
+#: The idempotency key and, in the same round trip, the acknowledgement it was answered with.
+_SELECT_KEY = (
+    sa.select(_keys.c.digest, _keys.c.ack_id, _acks.c.document, _acks.c.http_status, _acks.c.transaction_name,
+              _acks.c.requester_ref, _acks.c.provider_ref, _acks.c.state_after)
+    .select_from(_keys.outerjoin(_acks, _acks.c.ack_id == _keys.c.ack_id))
+    .where(_keys.c.partner_id == sa.bindparam("partner_id"), _keys.c.key == sa.bindparam("key"))
+)
+_SELECT_BY_REF = (
+    sa.select(_incidents).where(_incidents.c.requester_ref == sa.bindparam("requester_ref")).with_for_update()
+)
+_SELECT_OWN_REF = sa.select(_incidents.c.id).where(
+    _incidents.c.requester_id == sa.bindparam("requester_id"),
+    _incidents.c.requester_ref == sa.bindparam("requester_ref"))
+_SELECT_WAITING = sa.select(_incidents.c.id).where(
+    _incidents.c.provider_id == sa.bindparam("provider_id"),
+    _incidents.c.requester_ref == sa.bindparam("requester_ref"),
+    _incidents.c.provider_ref.is_(None))
+_SELECT_PROVIDER = sa.select(model.agreements.c.provider_id).where(
+    model.agreements.c.requester_id == sa.bindparam("requester_id"),
+    model.agreements.c.contract_id == sa.bindparam("contract_id"))
+_INSERT_INCIDENT = _incidents.insert()
+_UPDATE_INCIDENT = _incidents.update().where(_incidents.c.id == sa.bindparam("incident_id"))
+_INSERT_MESSAGE = model.messages.insert()
+_INSERT_ACK = _acks.insert()
+_INSERT_KEY = _keys.insert()
+_INSERT_DELIVERY = model.deliveries.insert()
+_ADVISORY_LOCK = sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:pair, 0))")
+
 
 @dataclass(frozen=True)
 class Inbound:
@@ -78,16 +112,13 @@ class _Found:
 
 def _find_incident(conn: Connection, inbound: Inbound, inspection: Inspection) -> _Found:
     """Which incident the document addresses, and in which role the partner sends it (SPEC §2)."""
-    t = model.incidents
     requester_ref = inspection.text("RequesterID")
     provider_ref = inspection.text("ProviderID")
     name = inspection.transaction_name
     assert name is not None
     if requester_ref is None:
         return _Found()  # missing-mandatory is reported by the matrix
-    rows = conn.execute(
-        sa.select(t).where(t.c.requester_ref == requester_ref).with_for_update()
-    ).all()
+    rows = conn.execute(_SELECT_BY_REF, {"requester_ref": requester_ref}).all()
     senders = {role for spec in registry.specs_named(name) for role in spec.sender}
     mine = []
     for row in rows:
@@ -138,19 +169,12 @@ def decide_and_store(conn: Connection, inbound: Inbound, inspection: Inspection,
     digest = hashlib.sha256(inbound.body).hexdigest()
     key = inbound.idempotency_key or digest
     now = _now()
-    keys = model.idempotency_keys
 
     _wait_for_same_key(conn, inbound.partner_id, key)
-    known = conn.execute(
-        sa.select(keys.c.digest, keys.c.ack_id).where(keys.c.partner_id == inbound.partner_id, keys.c.key == key)
-    ).first()
+    known = conn.execute(_SELECT_KEY, {"partner_id": inbound.partner_id, "key": key}).first()
     if known is not None and known.digest == digest:
-        original = conn.execute(
-            sa.select(model.acknowledgements.c.document, model.acknowledgements.c.http_status,
-                      model.acknowledgements.c.transaction_name, model.acknowledgements.c.requester_ref,
-                      model.acknowledgements.c.provider_ref, model.acknowledgements.c.state_after)
-            .where(model.acknowledgements.c.ack_id == known.ack_id)
-        ).one()
+        original = known
+        assert original.document is not None, f"acknowledgement {known.ack_id} of a kept key is missing"
         replay = mark_duplicate(original.document)
         _record(conn, inbound, digest, key, now, ack_id=new_ulid(), accepted=False, transaction_name=original.transaction_name,
                 requester_ref=original.requester_ref, provider_ref=original.provider_ref, incident_id=None,
@@ -192,8 +216,7 @@ def decide_and_store(conn: Connection, inbound: Inbound, inspection: Inspection,
                         "/SERVICE_INCIDENT/AGREEMENT/ContractID"))
             ref = inspection.text("RequesterID")
             exists = ref is not None and conn.execute(
-                sa.select(model.incidents.c.id).where(model.incidents.c.requester_id == inbound.partner_id,
-                                                      model.incidents.c.requester_ref == ref)).first()
+                _SELECT_OWN_REF, {"requester_id": inbound.partner_id, "requester_ref": ref}).first()
             inspection.errors.extend(check_state(spec, IncidentFacts(State.BEGINNING if exists else None)))
             if not exists and ref is not None and provider_id is not None:
                 inspection.errors.extend(_unaddressable(conn, provider_id, ref))
@@ -232,17 +255,17 @@ def decide_and_store(conn: Connection, inbound: Inbound, inspection: Inspection,
         document_bytes = etree.tostring(new_document, encoding="UTF-8")
         provider_ref = ack.provider_ref if spec is not None and Role.PROVIDER in spec.sender else None
         if incident is None:
-            incident_id = conn.execute(model.incidents.insert().values(
+            incident_id = conn.execute(_INSERT_INCIDENT, dict(
                 requester_id=inbound.partner_id, provider_id=provider_id, requester_ref=ack.requester_ref,
                 provider_ref=None, state=new_state.value, document=document_bytes,
                 problem_with_request=inspection.root.find("PROBLEM") is not None, version=1,
                 created_at=now, updated_at=now)).inserted_primary_key[0]
         else:
-            values: dict[str, Any] = dict(state=new_state.value, document=document_bytes, updated_at=now,
-                                          version=incident.version + 1)
+            values: dict[str, Any] = dict(incident_id=incident.id, state=new_state.value, document=document_bytes,
+                                          updated_at=now, version=incident.version + 1)
             if provider_ref and not incident.provider_ref:
                 values["provider_ref"] = provider_ref
-            conn.execute(model.incidents.update().where(model.incidents.c.id == incident.id).values(**values))
+            conn.execute(_UPDATE_INCIDENT, values)
 
     document = ack.to_bytes()
     timings["decide_ms"] = round((time.perf_counter() - started) * 1000, 3)
@@ -253,10 +276,10 @@ def decide_and_store(conn: Connection, inbound: Inbound, inspection: Inspection,
                          http_status=ack.http_status, result="Yes" if ack.accepted else "No",
                          error_codes=ack.error_codes, document=document, timings=timings)
     if ack.accepted:
-        conn.execute(keys.insert().values(partner_id=inbound.partner_id, key=key, digest=digest,
-                                          ack_id=ack.ack_id, created_at=now))
+        conn.execute(_INSERT_KEY, dict(partner_id=inbound.partner_id, key=key, digest=digest,
+                                       ack_id=ack.ack_id, created_at=now))
         if spec is not None and spec.name != "Query_Incident" and recipient is not None:
-            conn.execute(model.deliveries.insert().values(
+            conn.execute(_INSERT_DELIVERY, dict(
                 message_id=message_id, incident_id=incident_id, recipient_id=recipient, state="pending",
                 transaction_name=ack.transaction_name, requester_ref=ack.requester_ref,
                 document=forwarded_document(inbound.body, state=ack.current_state, provider_ref=ack.provider_ref),
@@ -281,8 +304,7 @@ def _wait_for_same_key(conn: Connection, partner_id: str, key: str) -> None:
     if conn.dialect.name == "postgresql":
         # Partner ids hold no spaces, so "partner key" names one (partner, key) pair; a
         # hash collision between two pairs only makes them wait for each other.
-        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:pair, 0))"),
-                     {"pair": f"{partner_id} {key}"})
+        conn.execute(_ADVISORY_LOCK, {"pair": f"{partner_id} {key}"})
 
 
 def _unaddressable(conn: Connection, provider_id: str, requester_ref: str) -> list[Problem]:
@@ -293,11 +315,7 @@ def _unaddressable(conn: Connection, provider_id: str, requester_ref: str) -> li
     be addressed by RequesterID, so while one exists a second one with the same
     RequesterID at the same provider could be entitled by neither (docs/decisions.md).
     """
-    t = model.incidents
-    waiting = conn.execute(
-        sa.select(t.c.id).where(t.c.provider_id == provider_id, t.c.requester_ref == requester_ref,
-                                t.c.provider_ref.is_(None))
-    ).first()
+    waiting = conn.execute(_SELECT_WAITING, {"provider_id": provider_id, "requester_ref": requester_ref}).first()
     if waiting is None:
         return []
     return [Problem(AckCode.DUPLICATE_INCIDENT,
@@ -307,9 +325,7 @@ def _unaddressable(conn: Connection, provider_id: str, requester_ref: str) -> li
 
 
 def _provider_for(conn: Connection, requester_id: str, contract_id: str) -> str | None:
-    a = model.agreements
-    row = conn.execute(sa.select(a.c.provider_id).where(a.c.requester_id == requester_id,
-                                                        a.c.contract_id == contract_id)).first()
+    row = conn.execute(_SELECT_PROVIDER, {"requester_id": requester_id, "contract_id": contract_id}).first()
     return None if row is None else row.provider_id
 
 
@@ -322,13 +338,13 @@ def _record(conn: Connection, inbound: Inbound, digest: str, key: str, now: date
     kept_timings = dict(timings)
     if duplicate_of:
         kept_timings["duplicate_of"] = duplicate_of  # type: ignore[assignment]
-    message_id = conn.execute(model.messages.insert().values(
+    message_id = conn.execute(_INSERT_MESSAGE, dict(
         partner_id=inbound.partner_id, cert_fingerprint=inbound.fingerprint, received_at=now, body=inbound.body,
         digest=digest, idempotency_key=key[:200], transaction_name=_clip(transaction_name, 64),
         requester_ref=_clip(requester_ref, 64), incident_id=incident_id, accepted=accepted,
         state_before=state_before, state_after=state_after, ack_id=ack_id,
         timings=json.dumps(kept_timings))).inserted_primary_key[0]
-    conn.execute(model.acknowledgements.insert().values(
+    conn.execute(_INSERT_ACK, dict(
         ack_id=ack_id, message_id=message_id, partner_id=inbound.partner_id, created_at=now,
         transaction_name=_clip(transaction_name, 64), requester_ref=_clip(requester_ref, 64),
         provider_ref=_clip(provider_ref, 64), result=result, http_status=http_status,
