@@ -377,7 +377,9 @@ class Exchange:
             inspection = self.validator.inspect(inbound.body, strict=inbound.strict)
             timings["validate_ms"] = round((time.perf_counter() - started) * 1000, 3)
             try:
-                outcome = await self.database.run(
+                # Group commit: on SQLite this transaction may share its commit with
+                # others queued at the same moment; the outcome arrives after that commit.
+                outcome = await self.database.run_batched(
                     lambda conn, i=inspection: decide_and_store(conn, inbound, i, self.validator, timings))
                 break
             except IntegrityError:

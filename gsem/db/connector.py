@@ -119,6 +119,10 @@ class Database:
         self._pool = DBThreadPool(
             self.engine, threads=threads, name="gsem-db", reactor=reactor
         )
+        # Group commit only where there is one writer thread: on PostgreSQL several
+        # threads (and nodes) each holding a batch's row locks until one commit could
+        # deadlock, and each thread already commits in parallel with the others.
+        self._batching = self.engine.dialect.name == "sqlite"
 
     @property
     def dialect_name(self) -> str:
@@ -148,6 +152,19 @@ class Database:
         commit, propagates and nothing of the transaction is kept.  ``fn`` must return
         plain (frozen) objects, never rows or result sets.
         """
+        return await self._pool.run(fn, *args, **kwargs)
+
+    async def run_batched(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """:meth:`run`, with group commit on SQLite (``DBThreadPool.run_batched``).
+
+        ``fn`` may share its transaction with other calls queued at the same time, each
+        in its own SAVEPOINT; its result comes back only after the commit that holds its
+        changes.  Its exception undoes only its own changes; a failed commit reaches every
+        call of the batch, and then nothing of any of them was kept.  On PostgreSQL it is
+        :meth:`run`.
+        """
+        if self._batching:
+            return await self._pool.run_batched(fn, *args, **kwargs)
         return await self._pool.run(fn, *args, **kwargs)
 
     def run_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -5,21 +5,35 @@ Every statement runs off the reactor thread: a call hands a small ``thd(conn)`` 
 returns what it returned once the commit succeeded (buildbot ``master/buildbot/db/pool.py``
 does the same).  The functions return plain frozen objects, never SQLAlchemy rows, so
 nothing lazy crosses back to the reactor thread.
+
+:meth:`DBThreadPool.run_batched` is the group commit of the SQLite writer: the calls
+queued while the writer was busy run in one transaction, each inside its own SAVEPOINT,
+and are answered together after the one commit (one fsync instead of one per call).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-__all__ = ["DBThreadPool", "run_in_transaction"]
+__all__ = ["DBThreadPool", "run_in_transaction", "run_batch", "BATCH_MAX"]
 
 T = TypeVar("T")
+
+#: At most this many calls share one commit: a call queued behind a batch waits for at
+#: most this many others to be decided, never for more to arrive (nothing sleeps).
+BATCH_MAX = 32
+
+_Call = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 
 
 def run_in_transaction(engine: sa.Engine, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -32,6 +46,32 @@ def run_in_transaction(engine: sa.Engine, fn: Callable[..., T], *args: Any, **kw
         return fn(conn, *args, **kwargs)
 
 
+def run_batch(engine: sa.Engine, calls: Sequence[_Call]) -> list[tuple[bool, Any]]:
+    """Run every ``fn(conn, *args, **kwargs)`` of *calls* in one transaction; commit once.
+
+    Each call runs inside its own SAVEPOINT: when it raises, only its own changes are
+    rolled back and its outcome is ``(False, failure)``; the others go on.  Returns one
+    ``(True, result)`` or ``(False, failure)`` per call, in order, and only after the
+    commit succeeded.  When the transaction or its commit fails, nothing of any call was
+    kept, and every call gets ``(False, failure)`` of that error.
+    """
+    outcomes: list[tuple[bool, Any]] = []
+    try:
+        with engine.begin() as conn:
+            for fn, args, kwargs in calls:
+                try:
+                    with conn.begin_nested():
+                        result = fn(conn, *args, **kwargs)
+                except Exception:
+                    outcomes.append((False, Failure()))
+                else:
+                    outcomes.append((True, result))
+    except Exception:
+        failure = Failure()
+        return [(False, failure)] * len(calls)
+    return outcomes
+
+
 class DBThreadPool:
     """A thread pool of fixed size dedicated to one engine.
 
@@ -40,10 +80,16 @@ class DBThreadPool:
     """
 
     def __init__(self, engine: sa.Engine, *, threads: int, name: str,
-                 reactor: IReactorFromThreads | None = None) -> None:
+                 reactor: IReactorFromThreads | None = None, batch_max: int = BATCH_MAX) -> None:
         self.engine = engine
         self._reactor = reactor
         self._threadpool = ThreadPool(minthreads=threads, maxthreads=threads, name=name)
+        self.batch_max = batch_max
+        # Calls waiting for run_batched's writer; guarded by _lock, like _draining
+        # (whether a drain job is queued or running in the pool).
+        self._queue: deque[tuple[_Call, Deferred[Any]]] = deque()
+        self._lock = threading.Lock()
+        self._draining = False
 
     @property
     def running(self) -> bool:
@@ -60,17 +106,70 @@ class DBThreadPool:
         if self._threadpool.started:
             self._threadpool.stop()
 
-    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run ``fn(conn, *args, **kwargs)`` in a pool thread, in one transaction."""
+    def _the_reactor(self) -> Any:
         if not self._threadpool.started:
             raise RuntimeError("the database thread pool is not started; call start() first")
-        reactor = self._reactor
-        if reactor is None:
+        if self._reactor is None:
             # Only the command line and the server's entry point get here without an
             # injected reactor; everything else passes its own.
             from twisted.internet import reactor as global_reactor
 
-            reactor = global_reactor  # type: ignore[assignment]
+            return global_reactor
+        return self._reactor
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(conn, *args, **kwargs)`` in a pool thread, in one transaction."""
+        reactor = self._the_reactor()
         return await deferToThreadPool(
             reactor, self._threadpool, run_in_transaction, self.engine, fn, *args, **kwargs
         )
+
+    async def run_batched(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Like :meth:`run`, but ``fn`` may share its transaction and commit with other calls.
+
+        Meant for a pool of one thread (the SQLite writer).  The calls queued when the
+        writer gets to them (at most :attr:`batch_max`) run one after another in one
+        transaction, each in its own SAVEPOINT (:func:`run_batch`); the writer never waits
+        for more to arrive.  ``fn``'s result comes back only after the commit that holds
+        its changes; if ``fn`` raises, only its own changes are undone and the exception
+        propagates to its caller alone; if the commit fails, every call of the batch gets
+        that exception and nothing of any of them was kept.
+        """
+        reactor = self._the_reactor()
+        answer: Deferred[T] = Deferred()
+        with self._lock:
+            self._queue.append(((fn, args, kwargs), answer))
+            start = not self._draining
+            self._draining = True
+        if start:
+            self._threadpool.callInThread(self._drain, reactor)
+        return await answer
+
+    def _drain(self, reactor: Any) -> None:
+        """In the pool thread: run one batch of what is queued now, then answer it."""
+        while True:
+            with self._lock:
+                batch = [self._queue.popleft() for _ in range(min(self.batch_max, len(self._queue)))]
+            try:
+                outcomes = run_batch(self.engine, [call for call, _ in batch])
+            except BaseException:
+                failure = Failure()
+                outcomes = [(False, failure)] * len(batch)
+            reactor.callFromThread(_answer, [d for _, d in batch], outcomes)
+            with self._lock:
+                if not self._queue:
+                    self._draining = False
+                    return
+                if self._threadpool.joined:
+                    continue  # stopping: finish the queue here, no new job is taken
+            # Let the calls queued through run() (delivery, trust refresh) have their turn.
+            self._threadpool.callInThread(self._drain, reactor)
+            return
+
+
+def _answer(deferreds: list[Deferred[Any]], outcomes: list[tuple[bool, Any]]) -> None:
+    for deferred, (ok, value) in zip(deferreds, outcomes, strict=True):
+        if ok:
+            deferred.callback(value)
+        else:
+            deferred.errback(value)
