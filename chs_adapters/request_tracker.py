@@ -659,6 +659,10 @@ class RequestTrackerAdapter:
             if changes:
                 await self.rt.update_ticket(ticket_id, changes)
             return ticket_id
+        if name == "Problem_Submittal" and root.find("PROBLEM") is not None:
+            # Before the comment that carries the new SISState, so that whoever sees the
+            # new state sees the new title too; setting it again on a redelivery is harmless.
+            await self.rt.update_ticket(ticket_id, {"Subject": _subject(root, requester_ref)})
         files, _ = _attachments(root)
         message: dict[str, Any] = {
             "Subject": f"{marker} {name}",
@@ -678,10 +682,6 @@ class RequestTrackerAdapter:
             if now != status:
                 raise RtError(f"RT did not set ticket {ticket_id} to {status!r} for {name} (it is {now!r}): "
                               + "; ".join(said), transient=False)
-        if name == "Problem_Submittal":
-            title = _subject(root, requester_ref)
-            if root.find("PROBLEM") is not None:
-                await self.rt.update_ticket(ticket_id, {"Subject": title})
         return ticket_id
 
     async def _create(self, root: etree._Element, requester_ref: str, incident: str, state: str) -> int:

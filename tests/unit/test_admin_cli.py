@@ -260,7 +260,10 @@ def test_acks_filters(ready: Gsem, ack_log: list[str]) -> None:
     assert ids("--requester-id", "REQ-2026-000042") == [ack_log[1]]
     assert ids("--result", "no") == [ack_log[3], ack_log[1]]
     assert ids("--code", "rule-violation") == [ack_log[1]]
-    assert ids("--since", "25m") == [ack_log[3], ack_log[2]]
+    # Absolute times: the rows are placed relative to NOW, taken when this module was
+    # imported, which may be minutes before this test runs in a long suite.
+    assert ids("--since", (NOW - dt.timedelta(minutes=25)).isoformat()) == [ack_log[3], ack_log[2]]
+    assert ids("--since", "1d") == ack_log[::-1]  # relative to the real now
     assert ids("--until", (NOW - dt.timedelta(minutes=25)).isoformat()) == [ack_log[1], ack_log[0]]
     assert ids("--limit", "1") == [ack_log[3]]
     assert ids("--partner", "INITECH") == []
