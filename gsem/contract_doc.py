@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from gsem.contract import NO_INCIDENT, State, TransactionSpec
+from gsem.contract import State, TransactionSpec
 from gsem.errors import AckCode, WarningCode
 from gsem.rules import RULES
 from gsem.schema import catalogue
@@ -116,5 +116,4 @@ def contract_markdown() -> str:
     out += [f"| `{c.code}` | {c.http_status} | {c.meaning} |" for c in AckCode]
     out += ["", "Warnings (never a reason to refuse):", ""]
     out += [f"- `{c.code}`: {c.meaning}" for c in WarningCode]
-    assert NO_INCIDENT is None
     return "\n".join(out) + "\n"
