@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from chs_adapters.base import (
@@ -79,9 +80,13 @@ class SpoolAdapter:
     calling (reactor) thread.
     """
 
-    def __init__(self, outbox: Path, acks: Path) -> None:
+    def __init__(self, outbox: Path, acks: Path, *, reactor: Any = None) -> None:
         self.outbox = Path(outbox)
         self.acks = Path(acks)
+        # Writing and fsyncing a file blocks for milliseconds: it runs in the reactor's
+        # thread pool when there is one, so the listener keeps answering meanwhile.  A
+        # test Clock has no thread pool; then the write happens in place.
+        self.reactor = reactor
         self.processed = self.acks / "processed"
         self.rejected = self.acks / "rejected"
         for directory in (self.outbox, self.acks, self.processed, self.rejected):
@@ -103,13 +108,18 @@ class SpoolAdapter:
             path = Path(value)
             return path if path.is_absolute() or base is None else Path(base) / path
 
-        return cls(resolve(options["outbox"]), resolve(options["acks"]))
+        return cls(resolve(options["outbox"]), resolve(options["acks"]),
+                   reactor=getattr(context, "reactor", None))
 
     async def deliver(self, delivery: OutboundDelivery) -> DeliveryResult:
         """Write the document into the outbox; :class:`Accepted` once it is on disk."""
         path = self.outbox / outbox_name(delivery)
         try:
-            write_atomically(path, delivery.document)
+            thread_pool = getattr(self.reactor, "getThreadPool", None)
+            if thread_pool is None:
+                write_atomically(path, delivery.document)
+            else:
+                await deferToThreadPool(self.reactor, thread_pool(), write_atomically, path, delivery.document)
         except OSError as e:
             return TransientFailure(f"cannot write {path}: {e.strerror or e}")
         return Accepted(f"written to {path}")
