@@ -387,10 +387,16 @@ def _register_partners_delivery(partners: argparse._SubParsersAction,
     g = p.add_argument_group("retries (any mode; defaults: base 1 s, cap 300 s, 20 attempts, 24 h)")
     g.add_argument("--max-attempts", type=_positive, metavar="N", help="dead after N attempts")
     g.add_argument("--retry-base", type=_seconds, metavar="S", help="the first retry within S")
-    g.add_argument("--retry-cap", type=_seconds, metavar="S", help="the backoff's longest wait between attempts (a receiver's Retry-After may ask for "
-                   "longer; a partner that keeps failing is also paused by the circuit breaker: "
-                   "30 s after 5 failures in a row, doubling up to 10 min)")
+    g.add_argument("--retry-cap", type=_seconds, metavar="S",
+                   help="the backoff's longest wait between attempts (a receiver's Retry-After may ask "
+                   "for longer, and the circuit breaker below pauses a partner that keeps failing)")
     g.add_argument("--max-age", type=_seconds, metavar="S", help="dead when still undelivered after S")
+    g = p.add_argument_group("circuit breaker (any mode; defaults: a 30 s pause after 5 transient "
+                             "failures in a row, doubling on each failed probe up to 10 min)")
+    g.add_argument("--pause-after", type=_positive, metavar="N",
+                   help="pause deliveries to the partner after N transient failures in a row")
+    g.add_argument("--pause", type=_seconds, metavar="S", help="the first pause, then one probe")
+    g.add_argument("--max-pause", type=_seconds, metavar="S", help="the longest pause")
     p.set_defaults(func=_partners_delivery)
 
 
@@ -687,7 +693,9 @@ def _delivery_config(args: argparse.Namespace) -> tuple[dict[str, Any], list[str
         if options:
             config["options"] = options
     retry = {key: value for key, value in (("base", args.retry_base), ("cap", args.retry_cap),
-                                           ("max_attempts", args.max_attempts), ("max_age", args.max_age))
+                                           ("max_attempts", args.max_attempts), ("max_age", args.max_age),
+                                           ("pause_after", args.pause_after), ("pause", args.pause),
+                                           ("max_pause", args.max_pause))
              if value is not None}
     if retry:
         config["retry"] = retry

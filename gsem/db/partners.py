@@ -352,13 +352,13 @@ _MODE_KEYS = {
     "spool": ("outbox", "acks"),
     "adapter": ("adapter", "options"),
 }
-_RETRY_KEYS = ("base", "cap", "max_attempts", "max_age")
+_RETRY_KEYS = ("base", "cap", "max_attempts", "max_age", "pause_after", "pause", "max_pause")
 #: The command-line option that sets each setting, for messages operators can act on.
 _FLAG = {
     "url": "--url", "ca": "--ca", "timeout": "--timeout", "visibility_timeout": "--visibility-timeout",
     "outbox": "--outbox", "acks": "--acks", "adapter": "--adapter", "options": "--option",
     "base": "--retry-base", "cap": "--retry-cap", "max_attempts": "--max-attempts",
-    "max_age": "--max-age",
+    "max_age": "--max-age", "pause_after": "--pause-after", "pause": "--pause", "max_pause": "--max-pause",
 }
 # "package.module:Class", or a short name of one of gsem's own adapters ("memory").
 _ADAPTER = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*|[a-z][a-z0-9_]*")
@@ -438,11 +438,15 @@ def delivery_problems(mode: str, config: dict[str, Any]) -> list[str]:
                     problems.append(f"retry.{key} is not a retry setting (they are "
                                     f"{', '.join(_RETRY_KEYS)})")
                 else:
-                    _positive(problems, key, value, whole=key == "max_attempts")
+                    _positive(problems, key, value, whole=key in ("max_attempts", "pause_after"))
             base, cap = retry.get("base"), retry.get("cap")
             if _is_number(base) and _is_number(cap) and base > cap:  # type: ignore[operator]
                 problems.append(f"the first retry delay ({base} s, --retry-base) is longer than "
                                 f"the cap ({cap} s, --retry-cap)")
+            pause, max_pause = retry.get("pause"), retry.get("max_pause")
+            if _is_number(pause) and _is_number(max_pause) and pause > max_pause:  # type: ignore[operator]
+                problems.append(f"the circuit breaker's first pause ({pause} s, --pause) is longer than "
+                                f"its longest ({max_pause} s, --max-pause)")
     return problems
 
 
@@ -454,7 +458,8 @@ def set_delivery(conn: Connection, partner_id: str, *, mode: str, config: dict[s
     (seconds before an unacknowledged message is handed out again).  spool: ``outbox`` and
     ``acks`` directories (required).  adapter: ``adapter`` (``package.module:Class`` or a
     short name such as ``memory``, required), ``options`` (names to text).  Any mode:
-    ``retry`` with ``base``, ``cap``, ``max_attempts``, ``max_age`` (seconds; attempts).
+    ``retry`` with ``base``, ``cap``, ``max_attempts``, ``max_age`` (seconds; attempts) and
+    the circuit breaker's ``pause_after`` (failures in a row), ``pause``, ``max_pause`` (seconds).
     Every problem is reported at once in one :class:`BadDeliverySettings`.
     """
     _require_partner(conn, partner_id)

@@ -68,6 +68,13 @@ class CircuitBreaker:
     probing: bool = False
     _current_cooldown: float = field(default=0.0, repr=False)
 
+    def configure(self, retry: dict) -> None:
+        """Take the limits of a partner's ``retry`` settings (``pause_after``, ``pause``,
+        ``max_pause``); missing ones go back to the defaults."""
+        self.threshold = int(retry.get("pause_after", CircuitBreaker.threshold))
+        self.cooldown = float(retry.get("pause", CircuitBreaker.cooldown))
+        self.max_cooldown = float(retry.get("max_pause", CircuitBreaker.max_cooldown))
+
     def allows(self, now: float) -> bool:
         """May a delivery be attempted now?  (At most one probe while half-open.)"""
         if self.open_until is None:

@@ -273,8 +273,14 @@ class DeliveryService:
         self._adapters[settings.partner_id] = (key, adapter)
         return adapter
 
-    def _breaker(self, partner_id: str) -> CircuitBreaker:
-        return self._breakers.setdefault(partner_id, CircuitBreaker())
+    def _breaker(self, partner_id: str, retry: Any = None) -> CircuitBreaker:
+        breaker = self._breakers.get(partner_id)
+        if breaker is None:
+            breaker = self._breakers[partner_id] = CircuitBreaker()
+        # The partner's settings may change while the hub runs; its state (failures, pause)
+        # is kept, its limits follow the settings.
+        breaker.configure(retry if isinstance(retry, dict) else {})
+        return breaker
 
     # -- one delivery -------------------------------------------------------------------
 
@@ -288,7 +294,7 @@ class DeliveryService:
             # Changed to pull or disabled since the claim: hand it back untouched.
             await self._postpone(delivery, self.clock.seconds() + _HOLD_SECONDS)
             return
-        breaker = self._breaker(delivery.recipient_id)
+        breaker = self._breaker(delivery.recipient_id, settings.config.get("retry"))
         now = self.clock.seconds()
         if not breaker.allows(now):
             until = breaker.open_until if breaker.open_until is not None and breaker.open_until > now \

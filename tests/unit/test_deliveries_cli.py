@@ -299,6 +299,8 @@ def test_partners_delivery_sets_and_shows_each_mode(gsem: Gsem, tmp_path: Path, 
     (["--mode", "adapter", "--option", "queue"], ["adapter delivery needs the adapter", "--option 'queue': write KEY=VALUE"]),
     (["--mode", "pull", "--retry-base", "10m", "--retry-cap", "1m"],
      ["the first retry delay (600 s, --retry-base) is longer than the cap (60 s, --retry-cap)"]),
+    (["--mode", "pull", "--pause", "1h", "--max-pause", "5m"],
+     ["the circuit breaker's first pause (3600 s, --pause) is longer than its longest (300 s, --max-pause)"]),
 ])
 def test_partners_delivery_explains_what_is_wrong(gsem: Gsem, argv: list[str], messages: list[str]) -> None:
     """Wrong or missing settings are refused with every problem named; the old settings stay."""

@@ -306,6 +306,25 @@ def test_the_circuit_breaker_pauses_a_failing_partner_then_probes(world: World) 
     assert {world.get(i).state for i in ids} == {"acknowledged"}
 
 
+def test_a_partners_own_circuit_breaker_settings_apply(world: World) -> None:
+    """With pause_after 2 and pause 10 s, two failures pause GLOBEX for 10 s, not five for 30 s."""
+    world.set_delivery(retry={"base": 1, "cap": 1, "pause_after": 2, "pause": 10, "max_pause": 10})
+    [world.delivery(world.incident()) for _ in range(4)]
+    world.memory.fail_transiently(1000)
+
+    world.round()
+    assert len(world.memory.attempts) == 2  # the third found the circuit open
+    world.clock.advance(9)
+    world.round()
+    assert len(world.memory.attempts) == 2
+    world.clock.advance(2)  # 11 s after opening: one probe
+    world.round()
+    assert len(world.memory.attempts) == 3
+    world.clock.advance(11)  # the failed probe paused it again, for at most max_pause
+    world.round()
+    assert len(world.memory.attempts) == 4
+
+
 # -- leases -------------------------------------------------------------------------------
 
 
