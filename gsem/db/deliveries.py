@@ -289,6 +289,13 @@ def _insert_attempt(conn: Connection, delivery_id: int, *, attempt: int, node: s
 # -- a node's work queue -------------------------------------------------------------------
 
 
+_ANY_PARTNER_BY_MODE = (
+    sa.select(model.partners.c.id)
+    .where(model.partners.c.delivery_mode.in_(sa.bindparam("modes", expanding=True)))
+    .limit(1)
+)
+
+
 def claim_due(conn: Connection, *, owner: str, now: dt.datetime, lease_seconds: float,
               modes: Sequence[str] = ("push", "spool", "adapter"),
               limit: int = 50) -> list[Delivery]:
@@ -301,6 +308,11 @@ def claim_due(conn: Connection, *, owner: str, now: dt.datetime, lease_seconds: 
     now = _naive(now)
     d = model.deliveries
     p = model.partners
+    # Cheap early exit: when no partner receives by one of *modes* (e.g. every partner
+    # pulls), nothing can be due, and the query below would still walk every pending
+    # delivery, whose number grows with what the pull partners have not fetched yet.
+    if conn.execute(_ANY_PARTNER_BY_MODE, {"modes": list(modes)}).first() is None:
+        return []
     query = (
         sa.select(d.c.id)
         .join(p, p.c.id == d.c.recipient_id)
