@@ -69,9 +69,15 @@ def test_kill_9_loses_and_duplicates_nothing(hub_any_db: RunningHub) -> None:
     deadline = time.monotonic() + 90
     while pending:
         assert time.monotonic() < deadline, f"{len(pending)} documents still unacknowledged"
-        killer = _Killer(hub.pid, rng.uniform(0.05, 0.6)) if kills < KILLS else None
+        # Each segment between kills gets an equal share of what is left, and its kill is
+        # timed from the pace measured so far, so that the kills land inside the stream
+        # however fast this hub is (a faster hub once finished the stream before the
+        # fifth kill).  A segment that ends first waits for its kill all the same.
+        share = -(-len(pending) // (KILLS - kills + 1)) if kills < KILLS else len(pending)
+        pace = posts / posting_seconds if posts else 100.0
+        killer = _Killer(hub.pid, rng.uniform(0.1, 0.9) * share / pace) if kills < KILLS else None
         started = time.monotonic()
-        for requester_id in list(pending):
+        for requester_id in list(pending)[:share]:
             try:
                 status, ack = client.post(documents[requester_id])
             except (OSError, http.client.HTTPException, etree.XMLSyntaxError):
