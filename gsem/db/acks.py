@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy import Connection
 
 from gsem.db import model
-from gsem.db.deliveries import receiver_result
+from gsem.db.deliveries import LATEST_DELIVERY_COLUMNS, latest_delivery_fields, latest_delivery_of
 
 __all__ = ["AckRow", "list_acks", "get_ack", "parse_error_codes"]
 
@@ -66,12 +66,7 @@ def _ack(row: sa.Row) -> AckRow:
         error_codes=parse_error_codes(row.error_codes or ""),
         state_after=row.state_after,
         message_id=row.message_id,
-        delivery_id=row.delivery_id,
-        recipient_id=row.recipient_id,
-        delivery_state=row.delivery_state,
-        delivered_at=row.delivered_at,
-        receiver_result=(None if row.delivery_state is None
-                         else receiver_result(row.delivery_state, bool(row.has_receiver_ack))),
+        **latest_delivery_fields(row),
     )
 
 
@@ -128,18 +123,10 @@ def _with_delivery(query: sa.Select) -> sa.Select:
     """*query* on acknowledgements, joined to the latest delivery of each one's message."""
     t = model.acknowledgements
     m = model.messages
-    d = model.deliveries
-    other = d.alias("other_delivery")
-    # By incident and message: the (incident_id, message_id) index answers it.
-    latest = (
-        sa.select(sa.func.max(other.c.id))
-        .where(other.c.incident_id == m.c.incident_id, other.c.message_id == t.c.message_id)
-        .scalar_subquery()
+    return query.add_columns(*LATEST_DELIVERY_COLUMNS).select_from(
+        t.join(m, m.c.id == t.c.message_id)
+        .outerjoin(model.deliveries, latest_delivery_of(m.c.incident_id, t.c.message_id))
     )
-    return query.add_columns(
-        d.c.id.label("delivery_id"), d.c.recipient_id, d.c.state.label("delivery_state"),
-        d.c.delivered_at, d.c.receiver_ack.is_not(None).label("has_receiver_ack"),
-    ).select_from(t.join(m, m.c.id == t.c.message_id).outerjoin(d, d.c.id == latest))
 
 
 def get_ack(conn: Connection, ack_id: str) -> tuple[AckRow, bytes] | None:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import Connection
@@ -190,6 +191,45 @@ def receiver_result(state: str, has_receiver_ack: bool) -> str | None:
     if has_receiver_ack and state in ("dead", "discarded", "replayed"):
         return "No"
     return None
+
+
+#: Another name for ``deliveries``, to find the latest delivery of a message.
+_OTHER = model.deliveries.alias("other_delivery")
+
+#: What the operators' views show of a message's latest delivery (see :func:`latest_delivery_of`).
+LATEST_DELIVERY_COLUMNS = (
+    model.deliveries.c.id.label("delivery_id"),
+    model.deliveries.c.recipient_id,
+    model.deliveries.c.state.label("delivery_state"),
+    model.deliveries.c.delivered_at,
+    model.deliveries.c.receiver_ack.is_not(None).label("has_receiver_ack"),
+)
+
+
+def latest_delivery_of(incident_id: Any, message_id: Any) -> sa.ColumnElement[bool]:
+    """The ON clause that outer-joins ``deliveries`` to a message's latest delivery.
+
+    The latest one, because a replay makes a new delivery of the same message.  By
+    incident and message, so that the ``(incident_id, message_id)`` index answers it.
+    """
+    latest = (
+        sa.select(sa.func.max(_OTHER.c.id))
+        .where(_OTHER.c.incident_id == incident_id, _OTHER.c.message_id == message_id)
+        .scalar_subquery()
+    )
+    return model.deliveries.c.id == latest
+
+
+def latest_delivery_fields(row: Any) -> dict[str, Any]:
+    """The fields of a row selected with :data:`LATEST_DELIVERY_COLUMNS`, for a view's dataclass."""
+    return {
+        "delivery_id": row.delivery_id,
+        "recipient_id": row.recipient_id,
+        "delivery_state": row.delivery_state,
+        "delivered_at": row.delivered_at,
+        "receiver_result": (None if row.delivery_state is None
+                            else receiver_result(row.delivery_state, bool(row.has_receiver_ack))),
+    }
 
 
 # -- helpers -----------------------------------------------------------------------------

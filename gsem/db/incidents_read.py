@@ -14,7 +14,12 @@ from sqlalchemy import Connection
 
 from gsem.db import model
 from gsem.db.acks import parse_error_codes
-from gsem.db.deliveries import receiver_result
+from gsem.db.deliveries import (
+    LATEST_DELIVERY_COLUMNS,
+    latest_delivery_fields,
+    latest_delivery_of,
+    receiver_result,
+)
 from gsem.errors import GsemError
 
 __all__ = [
@@ -157,21 +162,13 @@ def get_incident(conn: Connection, incident: int | tuple[str, str]) -> IncidentD
 
     m = model.messages
     a = model.acknowledgements
-    d = model.deliveries
-    other = d.alias("other_delivery")
-    latest = (
-        sa.select(sa.func.max(other.c.id))
-        .where(other.c.incident_id == row.id, other.c.message_id == m.c.id)
-        .scalar_subquery()
-    )
     messages = conn.execute(
         sa.select(m.c.id, m.c.received_at, m.c.partner_id, m.c.transaction_name, m.c.accepted,
                   m.c.state_before, m.c.state_after, m.c.ack_id, a.c.http_status, a.c.error_codes,
-                  d.c.id.label("delivery_id"), d.c.recipient_id, d.c.state.label("delivery_state"),
-                  d.c.delivered_at, d.c.receiver_ack.is_not(None).label("has_receiver_ack"))
+                  *LATEST_DELIVERY_COLUMNS)
         .select_from(m)
         .outerjoin(a, a.c.message_id == m.c.id)
-        .outerjoin(d, d.c.id == latest)
+        .outerjoin(model.deliveries, latest_delivery_of(row.id, m.c.id))
         .where(m.c.incident_id == row.id)
         .order_by(m.c.received_at, m.c.id)
     ).all()
@@ -187,16 +184,12 @@ def get_incident(conn: Connection, incident: int | tuple[str, str]) -> IncidentD
             ack_id=msg.ack_id,
             http_status=msg.http_status,
             error_codes=parse_error_codes(msg.error_codes or ""),
-            delivery_id=msg.delivery_id,
-            recipient_id=msg.recipient_id,
-            delivery_state=msg.delivery_state,
-            delivered_at=msg.delivered_at,
-            receiver_result=(None if msg.delivery_state is None
-                             else receiver_result(msg.delivery_state, bool(msg.has_receiver_ack))),
+            **latest_delivery_fields(msg),
         )
         for msg in messages
     ]
 
+    d = model.deliveries
     deliveries = conn.execute(
         sa.select(d.c.id, d.c.message_id, m.c.transaction_name, d.c.recipient_id, d.c.state,
                   d.c.attempts, d.c.next_attempt_at, d.c.last_error,
