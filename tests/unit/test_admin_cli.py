@@ -14,7 +14,6 @@ import sqlalchemy as sa
 
 from gsem import admin_cli
 from gsem.cli import main
-from gsem.config import CONFIG_NAME, render_config
 from gsem.db.connector import Database
 from gsem.pki import fingerprint_sha256
 
@@ -24,24 +23,9 @@ Gsem = Callable[..., tuple[int, str, str]]
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A data directory whose gsem.toml points at an SQLite file inside it."""
-    monkeypatch.delenv("GSEM_DATABASE_URL", raising=False)
-    monkeypatch.delenv("COLUMNS", raising=False)
-    (tmp_path / CONFIG_NAME).write_text(render_config(database_url="sqlite:///gsem.db"), "utf-8")
-    return tmp_path
-
-
-@pytest.fixture
-def gsem(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> Gsem:
-    """Run ``gsem --data-dir DATA_DIR ARGS…``; returns (exit status, stdout, stderr)."""
-    def run(*argv: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = main(["--data-dir", str(data_dir), *argv])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
+def gsem(run_gsem: Gsem) -> Gsem:
+    """:func:`run_gsem` on an empty data directory (tests/unit/conftest.py)."""
+    return run_gsem
 
 
 @pytest.fixture

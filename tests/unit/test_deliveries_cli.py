@@ -13,7 +13,6 @@ import pytest
 import sqlalchemy as sa
 
 from gsem.cli import main
-from gsem.config import CONFIG_NAME, render_config
 from gsem.db import deliveries, model
 from gsem.db.connector import Database
 
@@ -30,29 +29,14 @@ def _at(minutes: float) -> dt.datetime:
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A data directory whose gsem.toml points at an SQLite file inside it."""
-    monkeypatch.delenv("GSEM_DATABASE_URL", raising=False)
-    monkeypatch.delenv("COLUMNS", raising=False)
+def gsem(run_gsem: Gsem, monkeypatch: pytest.MonkeyPatch) -> Gsem:
+    """:func:`run_gsem` on an upgraded database with ACME (pull) and GLOBEX (push); the operator is alice."""
     monkeypatch.delenv("SUDO_USER", raising=False)
     monkeypatch.setenv("USER", "alice")
-    (tmp_path / CONFIG_NAME).write_text(render_config(database_url="sqlite:///gsem.db"), "utf-8")
-    return tmp_path
-
-
-@pytest.fixture
-def gsem(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> Gsem:
-    """Run ``gsem --data-dir DATA_DIR ARGS…`` on an upgraded database with ACME (pull) and GLOBEX (push)."""
-    def run(*argv: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = main(["--data-dir", str(data_dir), *argv])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    assert run("db", "upgrade")[0] == 0
-    assert run("partners", "add", "ACME", "--name", "Acme")[0] == 0
-    assert run("partners", "add", "GLOBEX", "--name", "Globex", "--delivery-mode", "push")[0] == 0
-    return run
+    assert run_gsem("db", "upgrade")[0] == 0
+    assert run_gsem("partners", "add", "ACME", "--name", "Acme")[0] == 0
+    assert run_gsem("partners", "add", "GLOBEX", "--name", "Globex", "--delivery-mode", "push")[0] == 0
+    return run_gsem
 
 
 @pytest.fixture
