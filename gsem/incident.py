@@ -7,10 +7,13 @@ ATTACHMENT entries are appended to the incident's history.  Pure functions on lx
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
+from xml.sax.saxutils import escape
 
 from lxml import etree
 
-__all__ = ["APPENDED", "apply_transaction", "incident_for_query", "forwarded_document"]
+__all__ = ["APPENDED", "apply_transaction", "merge_into", "incident_for_query", "forwarded_document",
+           "ForwardTemplate"]
 
 #: Entries appended to the incident's history rather than replaced.
 APPENDED = frozenset({"ACTIVITY", "SOLUTION", "ATTACHMENT"})
@@ -20,20 +23,31 @@ NOT_STORED = frozenset({"TransactionName", "CurrentState", "Acknowledge"})
 
 def apply_transaction(incident: etree._Element | None, document: etree._Element) -> etree._Element:
     """The incident after *document* (already pruned to its matrix); *incident* is not changed."""
-    result = etree.Element("SERVICE_INCIDENT") if incident is None else copy.deepcopy(incident)
+    return merge_into(None if incident is None else copy.deepcopy(incident), document)
+
+
+def merge_into(incident: etree._Element | None, document: etree._Element) -> etree._Element:
+    """:func:`apply_transaction` that changes *incident* itself (a tree nobody else holds).
+
+    *incident* is a stored incident, which holds no stray whitespace already, so only what
+    *document* brings in is tidied.  *document* is not changed.
+    """
+    result = etree.Element("SERVICE_INCIDENT") if incident is None else incident
     for child in document:
         if child.tag in NOT_STORED:
             continue
+        replacement = copy.deepcopy(child)
+        _tidy(replacement)
         if child.tag in APPENDED:
-            result.append(copy.deepcopy(child))
+            result.append(replacement)
             continue
         existing = result.find(child.tag)
-        replacement = copy.deepcopy(child)
         if existing is None:
             result.append(replacement)
         else:
             existing.getparent().replace(existing, replacement)
-    _tidy(result)
+    if len(result):
+        result.text = None
     return result
 
 
@@ -76,3 +90,82 @@ def forwarded_document(document: bytes, *, state: str, provider_ref: str | None)
     _set(root, "CurrentState", state)
     _set(root, "Acknowledge", "Yes")
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+
+
+#: Stands for the ProviderID's text while a :class:`ForwardTemplate` is made.
+_MARK = "\ue000gsem-provider-id\ue000"
+_CLOSE = b"</SERVICE_INCIDENT>"
+
+
+@dataclass(frozen=True)
+class ForwardTemplate:
+    """:func:`forwarded_document` prepared before the decision, finished after it.
+
+    What is forwarded depends on the decision only through CurrentState and ProviderID,
+    so the parse and the serialisation can run before the database transaction (in the
+    listener's thread, in parallel with other workers' transactions) and the transaction
+    only joins bytes.  :meth:`render` returns exactly what :func:`forwarded_document`
+    returns.
+    """
+
+    head: bytes
+    provider_text: bytes | None  # the ProviderID element's serialised text, if it has one
+    tail: bytes
+
+    @classmethod
+    def prepare(cls, document: bytes) -> ForwardTemplate | None:
+        """The template of *document*; None when it cannot be made (then use the function)."""
+        try:
+            root = etree.fromstring(document, etree.XMLParser(resolve_entities=False, no_network=True))
+        except etree.XMLSyntaxError:
+            return None
+        for tag in ("CurrentState", "Acknowledge"):
+            for old in root.findall(tag):
+                root.remove(old)
+        provider = root.find("ProviderID")
+        original = None
+        if provider is not None:
+            original = etree.tostring(provider, encoding="UTF-8", with_tail=False)
+            provider.text = _MARK
+        text = etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+        if not text.endswith(_CLOSE):
+            return None  # an empty root: <SERVICE_INCIDENT/>
+        text = text[: -len(_CLOSE)]
+        if provider is None:
+            return cls(text, None, b"")
+        mark = _MARK.encode()
+        if text.count(mark) != 1 or original is None:
+            return None
+        head, tail = text.split(mark)
+        provider_text = _element_text(original)
+        if provider_text is None:
+            return None
+        return cls(head, provider_text, tail)
+
+    def render(self, *, state: str, provider_ref: str | None) -> bytes:
+        """The forwarded document for the decided *state* and *provider_ref*."""
+        end = b"<CurrentState>" + _text(state) + b"</CurrentState><Acknowledge>Yes</Acknowledge>" + _CLOSE
+        if self.provider_text is None:
+            added = b"<ProviderID>" + _text(provider_ref) + b"</ProviderID>" if provider_ref else b""
+            return self.head + added + end
+        provider = _text(provider_ref) if provider_ref else self.provider_text
+        return self.head + provider + self.tail + end
+
+
+def _text(value: str) -> bytes:
+    # As lxml escapes element text.
+    return escape(value, {"\r": "&#13;"}).encode("utf-8")
+
+
+def _element_text(serialised: bytes) -> bytes | None:
+    """The serialised text of ``<ProviderID …>text</ProviderID>``; None for any other shape.
+
+    An empty ``<ProviderID/>`` is another shape: lxml writes it back self-closed.
+    """
+    if serialised.endswith(b"/>"):
+        return None
+    start = serialised.find(b">") + 1
+    end = serialised.rfind(b"</")
+    if start <= 0 or end < start or b"<" in serialised[start:end]:
+        return None
+    return serialised[start:end]

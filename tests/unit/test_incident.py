@@ -1,0 +1,107 @@
+"""How a transaction changes a stored incident, and what is forwarded (gsem.incident).
+
+The hot path uses :func:`merge_into` and :class:`ForwardTemplate`, the faster forms of
+:func:`apply_transaction` and :func:`forwarded_document`; these tests hold them to the
+same output, byte for byte, on every lifecycle fixture and on awkward documents.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from lxml import etree
+
+from gsem.incident import ForwardTemplate, apply_transaction, forwarded_document, merge_into
+
+FIXTURES = sorted((Path(__file__).resolve().parents[1] / "fixtures" / "lifecycle").glob("*.xml"))
+STATES = ["Beginning", "Entitled", "Accepted", "Information_Requested", "Resolved", "Closed"]
+
+
+def _parse(data: bytes) -> etree._Element:
+    return etree.fromstring(data, etree.XMLParser(resolve_entities=False, no_network=True))
+
+
+def test_the_fixtures_are_there() -> None:
+    assert len(FIXTURES) == 9
+
+
+def test_merge_into_stores_what_apply_transaction_stores_over_a_whole_lifecycle() -> None:
+    slow: etree._Element | None = None
+    stored: bytes | None = None
+    for path in FIXTURES:
+        document = _parse(path.read_bytes())
+        before = etree.tostring(document)
+        slow = apply_transaction(slow, document)
+        # The hot path parses the stored bytes and merges into that tree.
+        fast = merge_into(None if stored is None else _parse(stored), document)
+        stored = etree.tostring(fast, encoding="UTF-8")
+        assert stored == etree.tostring(slow, encoding="UTF-8"), path.name
+        assert etree.tostring(document) == before, "the transaction's document must not change"
+    assert stored is not None and b"\n" not in stored, "a stored incident holds no stray whitespace"
+    assert stored.count(b"<ACTIVITY>") >= 3, "ACTIVITY entries are appended, not replaced"
+
+
+def test_apply_transaction_leaves_the_stored_incident_alone() -> None:
+    incident = apply_transaction(None, _parse(FIXTURES[0].read_bytes()))
+    kept = copy.deepcopy(incident)
+    apply_transaction(incident, _parse(FIXTURES[1].read_bytes()))
+    assert etree.tostring(incident) == etree.tostring(kept)
+
+
+@pytest.mark.parametrize("path", FIXTURES, ids=lambda p: p.name)
+@pytest.mark.parametrize("provider_ref", [None, "GX-55012", "P&<>\r\"'x"])
+def test_the_template_forwards_what_forwarded_document_forwards(path: Path, provider_ref: str | None) -> None:
+    body = path.read_bytes()
+    template = ForwardTemplate.prepare(body)
+    assert template is not None
+    for state in STATES:
+        assert template.render(state=state, provider_ref=provider_ref) == forwarded_document(
+            body, state=state, provider_ref=provider_ref)
+
+
+AWKWARD = {
+    "hub-set elements present": b"<SERVICE_INCIDENT><RequesterID>R1</RequesterID><CurrentState>X</CurrentState>"
+                                b"<Acknowledge>No</Acknowledge><ProviderID>P1</ProviderID></SERVICE_INCIDENT>",
+    "ProviderID with entities": b"<SERVICE_INCIDENT><ProviderID>P&amp;1</ProviderID>\n  <A>x</A>\n</SERVICE_INCIDENT>",
+    "ProviderID with attributes": b'<SERVICE_INCIDENT><ProviderID a="1">P1</ProviderID><B/></SERVICE_INCIDENT>',
+    "declaration and unicode": "<?xml version='1.0' encoding='UTF-8'?>\n<SERVICE_INCIDENT>"
+                               "<RequesterID>R-\u00e9\u4e2d</RequesterID></SERVICE_INCIDENT>".encode(),
+    "only hub-set elements": b"<SERVICE_INCIDENT>\n<CurrentState>X</CurrentState>\n</SERVICE_INCIDENT>",
+}
+
+
+@pytest.mark.parametrize("body", AWKWARD.values(), ids=AWKWARD.keys())
+@pytest.mark.parametrize("provider_ref", [None, "GX-1"])
+def test_awkward_documents_forward_the_same(body: bytes, provider_ref: str | None) -> None:
+    template = ForwardTemplate.prepare(body)
+    assert template is not None
+    assert template.render(state="Entitled", provider_ref=provider_ref) == forwarded_document(
+        body, state="Entitled", provider_ref=provider_ref)
+
+
+@pytest.mark.parametrize("body", [
+    b"<SERVICE_INCIDENT><ProviderID/><A>x</A></SERVICE_INCIDENT>",
+    b"<SERVICE_INCIDENT><ProviderID>P<!-- c -->1</ProviderID></SERVICE_INCIDENT>",
+    b"<SERVICE_INCIDENT><CurrentState>X</CurrentState></SERVICE_INCIDENT>",
+    b"<SERVICE_INCIDENT><ProviderID>\xee\x80\x80gsem-provider-id\xee\x80\x80</ProviderID><A>"
+    b"\xee\x80\x80gsem-provider-id\xee\x80\x80</A></SERVICE_INCIDENT>",
+    b"not xml",
+], ids=["empty ProviderID", "comment in ProviderID", "empty once cleaned", "the marker itself", "not xml"])
+def test_shapes_the_template_cannot_keep_exact_fall_back(body: bytes) -> None:
+    # None tells the caller to use forwarded_document itself.
+    assert ForwardTemplate.prepare(body) is None
+
+
+@given(provider_ref=st.one_of(st.none(), st.text(
+    alphabet=st.characters(blacklist_categories=["Cs", "Cc"]) | st.sampled_from("\r\t\n&<>"), max_size=30)),
+    state=st.sampled_from(STATES), with_provider=st.booleans())
+def test_any_provider_ref_forwards_the_same(provider_ref: str | None, state: str, with_provider: bool) -> None:
+    body = FIXTURES[1].read_bytes() if with_provider else FIXTURES[0].read_bytes()
+    template = ForwardTemplate.prepare(body)
+    assert template is not None
+    assert template.render(state=state, provider_ref=provider_ref) == forwarded_document(
+        body, state=state, provider_ref=provider_ref)
