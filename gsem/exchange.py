@@ -313,7 +313,7 @@ def decide_and_store(conn: Connection, inbound: Inbound, inspection: Inspection,
         if name == "Service_Request":
             spec = registry.find(name, Role.REQUESTER)
             assert spec is not None
-            validator.check_matrix(inspection, spec)
+            validator.apply_matrix(inspection, spec)
             contract = inspection.root.findtext("AGREEMENT/ContractID")
             if contract:
                 provider_id = _provider_for(conn, inbound.partner_id, contract_id_of(contract))
@@ -336,7 +336,7 @@ def decide_and_store(conn: Connection, inbound: Inbound, inspection: Inspection,
                 incident = found.incident
                 spec = registry.find(name, found.role)
                 assert spec is not None
-                validator.check_matrix(inspection, spec)
+                validator.apply_matrix(inspection, spec)
                 state_before = State(incident.state)
                 inspection.errors.extend(check_state(
                     spec, IncidentFacts(state_before, incident.problem_with_request)))
@@ -488,6 +488,7 @@ class Exchange:
             # What can be prepared without the store is, here: the database thread (and,
             # with several workers, the database itself) is what transactions queue for.
             forward = ForwardTemplate.prepare(inbound.body) if inspection.accepted else None
+            self.validator.precheck_matrix(inspection)
             timings["validate_ms"] = round((time.perf_counter() - started) * 1000, 3)
             try:
                 # Group commit: on SQLite this transaction may share its commit with

@@ -33,6 +33,9 @@ class Inspection:
     transaction_name: str | None = None
     errors: list[Problem] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)
+    #: What :meth:`DocumentValidator.precheck_matrix` found, kept aside until the decision
+    #: knows the sender's declaration: (that declaration, its errors, its warnings).
+    prechecked: tuple[TransactionSpec, list[Problem], list[Problem]] | None = None
 
     @property
     def root(self) -> etree._Element | None:
@@ -170,6 +173,36 @@ class DocumentValidator:
                     Problem(WarningCode.IGNORED_ELEMENT, f"{child.tag} is not used by {name}; ignored", _path(child))
                 )
                 root.remove(child)
+
+    def precheck_matrix(self, inspection: Inspection) -> None:
+        """Check the field matrix now when only one declaration can apply to the document.
+
+        Which declaration applies depends on the sender's role in the incident, known only
+        inside the database transaction; but most transactions have one declaration with
+        one sender.  For those the matrix is checked here, outside the transaction, and
+        its problems kept aside: :meth:`apply_matrix` adds them where :meth:`check_matrix`
+        would have.  The elements the declaration does not use are dropped already
+        (RequesterID and ProviderID, read before the matrix, are used by every
+        declaration that can be addressed to an incident).
+        """
+        if inspection.root is None or inspection.transaction_name is None:
+            return
+        specs = registry.specs_named(inspection.transaction_name)
+        if len(specs) != 1 or len(specs[0].sender) != 1:
+            return
+        found = Inspection(tree=inspection.tree)
+        self.check_matrix(found, specs[0])
+        inspection.prechecked = (specs[0], found.errors, found.warnings)
+
+    def apply_matrix(self, inspection: Inspection, spec: TransactionSpec) -> None:
+        """:meth:`check_matrix`, or what :meth:`precheck_matrix` found for *spec* already."""
+        if inspection.prechecked is not None and inspection.prechecked[0] is spec:
+            _, errors, warnings = inspection.prechecked
+            inspection.errors.extend(errors)
+            inspection.warnings.extend(warnings)
+            return
+        assert inspection.prechecked is None, "the matrix was checked for another declaration"
+        self.check_matrix(inspection, spec)
 
     def check_matrix(self, inspection: Inspection, spec: TransactionSpec) -> None:
         """Apply *spec*'s field matrix and rules; drop elements it ignores (with warnings)."""
