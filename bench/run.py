@@ -254,6 +254,39 @@ def proc_stat(pid: int) -> dict[str, float]:
     return {"cpu": cpu, "hwm": memory.get("VmHWM", 0), "rss": memory.get("VmRSS", 0)}
 
 
+def process_tree(pid: int) -> list[int]:
+    """*pid* and its descendants (a hub with several workers is a parent and its children)."""
+    found = [pid]
+    for parent in found:
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children") as f:
+                    found.extend(int(child) for child in f.read().split())
+            except OSError:
+                continue
+    return found
+
+
+def tree_stat(pid: int) -> dict[str, float]:
+    """:func:`proc_stat` summed over *pid* and its descendants (memory: the sum of peaks)."""
+    total = {"cpu": 0.0, "hwm": 0, "rss": 0, "processes": 0}
+    for member in process_tree(pid):
+        try:
+            stat = proc_stat(member)
+        except (OSError, ValueError, IndexError):
+            continue
+        for key in ("cpu", "hwm", "rss"):
+            total[key] += stat[key]
+        total["processes"] += 1
+    if not total["processes"]:
+        raise OSError(f"process {pid} is gone")
+    return total
+
+
 def machine_cpu() -> tuple[float, float]:
     """(busy, total) jiffies of the whole machine, from /proc/stat."""
     with open("/proc/stat") as f:
@@ -273,11 +306,12 @@ def set_affinity(cpus: list[int] | None) -> Any:
 class Server:
     """A hub or baseline server process, its port and its logs."""
 
-    def __init__(self, kind: str, data_dir: Path, cpus: list[int] | None, log_dir: Path) -> None:
+    def __init__(self, kind: str, data_dir: Path, cpus: list[int] | None, log_dir: Path, workers: int = 1) -> None:
         self.kind = kind
         self.data_dir = data_dir
         if kind == "hub":
-            command = [*gsem_command(), "--data-dir", str(data_dir), "serve", "--port", "0"]
+            command = [*gsem_command(), "--data-dir", str(data_dir), "serve", "--port", "0",
+                       "--workers", str(workers)]
             ready = re.compile(r"gsem: serving https://([^:/]+):(\d+)/")
         else:
             command = [sys.executable, str(BENCH / "bare_server.py"), "--data-dir", str(data_dir),
@@ -332,9 +366,9 @@ class Server:
                 self.acks_yes += 1
 
     def stat(self) -> dict[str, float]:
-        """CPU and memory of the server process now (the last seen, once it has exited)."""
+        """CPU and memory of the server's processes now (the last seen, once it has exited)."""
         try:
-            self._last_stat = proc_stat(self.pid)
+            self._last_stat = tree_stat(self.pid)
         except (OSError, ValueError, IndexError):
             pass
         return getattr(self, "_last_stat", {"cpu": 0.0, "hwm": 0, "rss": 0})
@@ -393,6 +427,7 @@ class Settings:
     loadgen_cpus: list[int] | None
     run_tag: str
     max_open: int = 4
+    workers: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -626,7 +661,8 @@ def run_phase(settings: Settings, name: str, kind: str, **load: Any) -> dict[str
         f"{settings.warmup:g} s warm-up + {load.get('duration') or settings.duration:g} s")
     phase_dir = settings.work / name
     phase_dir.mkdir(exist_ok=True)
-    server = Server(kind, data_dir, settings.server_cpus, phase_dir)
+    server = Server(kind, data_dir, settings.server_cpus, phase_dir,
+                    workers=settings.workers if kind == "hub" else 1)
     try:
         result = run_load(settings, name, server, **load)
     finally:
@@ -1115,6 +1151,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--soak-rate", type=float, default=0.0,
                         help="offered tx/s during the soak (default 0: closed loop, as fast as it goes)")
     parser.add_argument("--soak-interval", type=float, default=5.0, help="seconds between RSS samples")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="the hub's worker processes, gsem serve --workers (default: one per CPU, "
+                        f"here {os.cpu_count()})")
     parser.add_argument("--server-cpus", type=cpu_list, default=None, help="pin servers, e.g. 0 (default: no pinning)")
     parser.add_argument("--loadgen-cpus", type=cpu_list, default=None, help="pin load generators, e.g. 1")
     parser.add_argument("--work-dir", type=Path, default=None,
@@ -1140,7 +1179,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(work), "engine": engine_revision(),
         "settings": {"duration_s": args.duration, "warmup_s": args.warmup, "loadgen_processes": args.procs,
                      "connections": 2 * PAIRS, "pairs": PAIRS, "max_open_lifecycles_per_pair": args.max_open,
-                     "rate": args.rate, "server_cpus": args.server_cpus, "loadgen_cpus": args.loadgen_cpus,
+                     "rate": args.rate, "hub_workers": args.workers, "server_cpus": args.server_cpus, "loadgen_cpus": args.loadgen_cpus,
                      "sizes": SIZES},
         "phases": {},
     }
@@ -1162,7 +1201,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings(work=work, template_dir=template_dir, templates=templates, warmup=args.warmup,
                             duration=args.duration, procs=args.procs, server_cpus=args.server_cpus,
                             loadgen_cpus=args.loadgen_cpus, run_tag=started.strftime("%H%M%S"),
-                            max_open=args.max_open, extra={"keep": args.keep})
+                            max_open=args.max_open, workers=args.workers, extra={"keep": args.keep})
         plan = {
             "loadgen": ("minimal", dict(mode="closed", size="2k")),
             "bare": ("twisted", dict(mode="closed", size="2k")),

@@ -10,10 +10,17 @@ __all__ = ["AckLog"]
 
 
 class AckLog:
-    """Writes one JSON object per line to *stream* (standard output by default)."""
+    """Writes one JSON object per line to *stream* (standard output by default).
 
-    def __init__(self, stream: IO[str] | None = None) -> None:
+    *fields* are added to every acknowledgement line (``{"worker": 2}`` in a worker
+    process).  Each line is flushed on its own, in one write: the worker processes of one
+    hub share its standard output, and a pipe or an append-mode file keeps such writes
+    whole (on a pipe up to 4 KiB, far more than a line).
+    """
+
+    def __init__(self, stream: IO[str] | None = None, fields: dict[str, Any] | None = None) -> None:
         self.stream = stream or sys.stdout
+        self.fields = dict(fields or {})
 
     def write(self, inbound: Any, outcome: Any, timings: dict[str, float]) -> None:
         """Log the acknowledgement *outcome* sent for *inbound*."""
@@ -25,6 +32,7 @@ class AckLog:
             "http_status": outcome.http_status,
             "bytes": len(inbound.body),
             **outcome.log_fields,
+            **self.fields,
             "timings_ms": timings,
         }
         self.emit(record)

@@ -28,6 +28,10 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("GSEM_DATA_DIR", "demo"))
 
 
+#: The most worker processes ``[server] workers`` may ask for.
+MAX_WORKERS = 64
+
+
 @dataclass(frozen=True)
 class Limits:
     """Limits of SPEC §8 (all configurable under ``[limits]``)."""
@@ -72,6 +76,7 @@ class Config:
     data_dir: Path
     host: str = "127.0.0.1"
     port: int = 8443
+    workers: int = 1
     database_url: str = ""
     ca_paths: tuple[Path, ...] = ()
     crl_paths: tuple[Path, ...] = ()
@@ -114,6 +119,9 @@ def load_config(data_dir: Path) -> Config:
     port = server.get("port", 8443)
     if not isinstance(port, int) or not 0 <= port < 65536:
         problems.append(f"{path}: [server] port must be an integer 0-65535, not {port!r}")
+    workers = server.get("workers", 1)
+    if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= MAX_WORKERS:
+        problems.append(f"{path}: [server] workers must be an integer 1-{MAX_WORKERS}, not {workers!r}")
     url = os.environ.get("GSEM_DATABASE_URL") or database.get("url", "sqlite:///gsem.db")
     if not isinstance(url, str) or "://" not in url:
         problems.append(f"{path}: [database] url must be a database URL, not {url!r}")
@@ -155,6 +163,7 @@ def load_config(data_dir: Path) -> Config:
         data_dir=data_dir,
         host=server.get("host", "127.0.0.1"),
         port=port,
+        workers=workers,
         database_url=_database_url(data_dir, url),
         ca_paths=ca_paths,
         crl_paths=crl_paths,
@@ -211,6 +220,9 @@ def render_config(*, host: str = "127.0.0.1", port: int = 8443,
 [server]
 host = "{host}"
 port = {port}
+# Processes serving the port; set it to the number of cores for throughput (one Python
+# process uses one core). Each process keeps its own connections-per-partner count.
+workers = 1
 
 [database]
 # SQLite file in this directory by default; a PostgreSQL URL looks like

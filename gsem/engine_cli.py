@@ -7,7 +7,7 @@ import signal
 import sys
 from pathlib import Path
 
-from gsem.config import CONFIG_NAME, load_config, render_config
+from gsem.config import CONFIG_NAME, Config, load_config, render_config
 from gsem.errors import GsemError
 
 __all__ = ["register", "DEMO_PARTNERS", "DEMO_CONTRACT"]
@@ -42,6 +42,14 @@ def register(commands: argparse._SubParsersAction) -> None:
         "acknowledgement on standard output; diagnostics go to standard error.",
     )
     serve.add_argument("--port", type=int, default=None, help="override the configured port (0: any free port)")
+    serve.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="processes serving the port, each on its own core ([server] workers; default 1); "
+                       "the first starts and supervises the others")
+    # How the first process starts the others (gsem.workers); not for operators.
+    serve.add_argument("--worker-socket", type=int, default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-ready", type=int, default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
     serve.set_defaults(func=_serve)
 
 
@@ -83,21 +91,44 @@ def _init(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from twisted.internet import reactor
-    from twisted.internet.defer import Deferred
+    from twisted.internet.defer import Deferred, DeferredList
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
+    from gsem import workers as multi
+    from gsem.config import MAX_WORKERS
     from gsem.server import Engine
 
     config = load_config(args.data_dir)
+    if args.worker_socket is not None:
+        return _serve_worker(args, config)
+    count = config.workers if args.workers is None else args.workers
+    if not 1 <= count <= MAX_WORKERS:
+        raise GsemError(f"--workers must be 1-{MAX_WORKERS}, not {count}")
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
-    engine = Engine(config, reactor, port=args.port)
+    port_number = config.port if args.port is None else args.port
+    supervisor = None
+    if count > 1:
+        try:
+            sock = multi.bind_listening_socket(config.host, port_number)
+        except OSError as e:
+            raise GsemError(f"cannot listen on {config.host}:{port_number}: {e.strerror}") from None
+        argv = ["--data-dir", str(config.data_dir), "serve"]
+        supervisor = multi.WorkerSupervisor(reactor, sock, count, argv)
+        engine = Engine(config, reactor, port=port_number, listen_socket=sock, worker=1)
+    else:
+        engine = Engine(config, reactor, port=port_number)
     status = {"code": 0}
 
     async def start() -> None:
         port = await engine.start()
         host = port.getHost()
+        if supervisor is not None:
+            # Announce only once every worker accepts: a partner's persistent connection
+            # stays with the process that accepted it.
+            await supervisor.start()
+        workers = f", {count} workers" if count > 1 else ""
         print(f"gsem: serving https://{host.host}:{host.port}/sis/v1/transactions "
-              f"(data {config.data_dir})", file=sys.stderr, flush=True)
+              f"(data {config.data_dir}{workers})", file=sys.stderr, flush=True)
 
     def failed(failure):  # noqa: ANN001, ANN202
         if failure.check(GsemError):
@@ -108,10 +139,46 @@ def _serve(args: argparse.Namespace) -> int:
         reactor.stop()
 
     def shutdown() -> Deferred:
-        return Deferred.fromCoroutine(engine.stop())
+        stopping = [Deferred.fromCoroutine(engine.stop())]
+        if supervisor is not None:
+            stopping.append(supervisor.stop())
+        return DeferredList(stopping)
 
     reactor.callWhenRunning(lambda: Deferred.fromCoroutine(start()).addErrback(failed))
     reactor.addSystemEventTrigger("before", "shutdown", shutdown)
+    signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(reactor.stop))
+    reactor.run()
+    return status["code"]
+
+
+def _serve_worker(args: argparse.Namespace, config: Config) -> int:
+    """Worker 2…N of ``gsem serve --workers N``: serve the inherited socket (gsem.workers)."""
+    import socket
+
+    from twisted.internet import reactor
+    from twisted.internet.defer import Deferred
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    from gsem.server import Engine
+    from gsem.workers import die_with_parent, report_ready
+
+    die_with_parent(args.parent_pid)
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+    sock = socket.socket(fileno=args.worker_socket)
+    engine = Engine(config, reactor, listen_socket=sock, worker=args.worker, deliver=False)
+    status = {"code": 0}
+
+    def failed(failure):  # noqa: ANN001, ANN202
+        print(f"gsem: worker {args.worker} could not start: {failure.getErrorMessage()}", file=sys.stderr)
+        status["code"] = 2
+        reactor.stop()
+
+    async def start() -> None:
+        await engine.start()
+        report_ready(args.worker_ready)
+
+    reactor.callWhenRunning(lambda: Deferred.fromCoroutine(start()).addErrback(failed))
+    reactor.addSystemEventTrigger("before", "shutdown", lambda: Deferred.fromCoroutine(engine.stop()))
     signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(reactor.stop))
     reactor.run()
     return status["code"]

@@ -9,6 +9,7 @@ listens, the delivery service that forwards accepted transactions (``[delivery]`
 
 from __future__ import annotations
 
+import socket
 from datetime import UTC, datetime
 from typing import IO, Any
 
@@ -35,18 +36,26 @@ TRUST_REFRESH_SECONDS = 1.0
 
 
 class Engine:
-    """One hub node: start it, read its port, stop it."""
+    """One hub node, or one worker process of it: start it, read its port, stop it.
+
+    A worker process (``gsem.workers``) passes the listening socket it shares with the
+    others as *listen_socket*, its number as *worker* (written on its acknowledgement
+    lines), and ``deliver=False``: only the first process of a node forwards deliveries.
+    """
 
     def __init__(self, config: Config, reactor: Any, *, ack_stream: IO[str] | None = None,
-                 port: int | None = None) -> None:
+                 port: int | None = None, listen_socket: socket.socket | None = None,
+                 worker: int | None = None, deliver: bool = True) -> None:
         self.config = config
         self.reactor = reactor
         self.port_number = config.port if port is None else port
+        self.listen_socket = listen_socket
         self.database = Database(config.database_url, reactor=reactor)
         limits = config.limits
         self.validator = DocumentValidator(
             ParseLimits(limits.max_body_bytes, limits.max_depth, limits.max_elements))
-        self.exchange = Exchange(self.database, self.validator, AckLog(ack_stream))
+        self.exchange = Exchange(self.database, self.validator,
+                                 AckLog(ack_stream, None if worker is None else {"worker": worker}))
         self._trust: dict[str, Any] = {}
         self._strict: dict[str, bool] = {}
         self._trust_version: Any = object()
@@ -55,7 +64,7 @@ class Engine:
         self.listening: IListeningPort | None = None
         delivery = config.delivery
         self.delivery: DeliveryService | None = None
-        if delivery.enabled:
+        if delivery.enabled and deliver:
             self.delivery = DeliveryService(
                 self.database, reactor, owner=delivery.node_id or default_node_id(config.data_dir),
                 hub_cert=config.server_cert,
@@ -111,7 +120,8 @@ class Engine:
                           idle_timeout=limits.idle_timeout, reactor=self.reactor)
         self.listening = await listen_tls(self.reactor, self.port_number, self.config.host, site, trust_store,
                                           handshake_timeout=limits.handshake_timeout,
-                                          max_connections_per_partner=limits.max_connections_per_partner)
+                                          max_connections_per_partner=limits.max_connections_per_partner,
+                                          adopt=self.listen_socket)
         self._refresher.start(TRUST_REFRESH_SECONDS, now=False)
         if self.delivery is not None:
             # Leases this node held when it last stopped (a crash) would otherwise keep

@@ -21,6 +21,7 @@ which rotates certificates and CRLs without a restart (tahoe-lafs
 from __future__ import annotations
 
 import datetime
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from OpenSSL import SSL, crypto
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.interfaces import (
     IDelayedCall,
@@ -668,14 +669,24 @@ def listen_tls(
     *,
     handshake_timeout: float = 10.0,
     max_connections_per_partner: int | None = None,
+    adopt: socket.socket | None = None,
 ) -> Deferred[IListeningPort]:
     """Listen for partners on TCP *interface*:*port* with mutual TLS around *factory*.
 
     *reactor* provides ``IReactorTCP`` and ``IReactorTime`` (its clock bounds each
     handshake to *handshake_timeout* seconds).  Port 0 picks a free port; read it from
     the listening port's ``getHost().port``.  A partner's connections beyond
-    *max_connections_per_partner* are closed right after their handshake.
+    *max_connections_per_partner* are closed right after their handshake (the count is
+    this process's: with several worker processes, each keeps its own).
+
+    With *adopt*, an already listening socket (shared by several worker processes) is
+    served instead of binding *interface*:*port*; *reactor* must provide
+    ``IReactorSocket``.
     """
+    if adopt is not None:
+        tls_factory = _PartnerTLSFactory(trust_store, factory, reactor, handshake_timeout,
+                                         max_connections_per_partner)
+        return succeed(reactor.adoptStreamPort(adopt.fileno(), adopt.family, tls_factory))
     endpoint_type = TCP6ServerEndpoint if ":" in interface else TCP4ServerEndpoint
     endpoint = endpoint_type(reactor, port, interface=interface)
     wrapped = PartnerTLSEndpoint(

@@ -20,7 +20,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from twisted.internet.interfaces import IReactorFromThreads
 
-from gsem.db.pool import DBThreadPool, run_in_transaction
+from gsem.db.pool import DBThreadPool, WriterLock, run_in_transaction
 from gsem.errors import GsemError
 
 __all__ = ["Database", "SchemaOutOfDate", "MIGRATIONS_DIR", "SQLITE_BUSY_TIMEOUT_MS"]
@@ -116,8 +116,12 @@ class Database:
     def __init__(self, url: str, *, reactor: IReactorFromThreads | None = None) -> None:
         self.url = url
         self.engine, threads = _create_engine(url)
+        writer_lock = None
+        if self.engine.dialect.name == "sqlite":
+            # Server processes sharing the file take turns through this lock (pool.py).
+            writer_lock = WriterLock(f"{self.engine.url.database}-writer.lock")
         self._pool = DBThreadPool(
-            self.engine, threads=threads, name="gsem-db", reactor=reactor
+            self.engine, threads=threads, name="gsem-db", reactor=reactor, writer_lock=writer_lock
         )
         # Group commit only where there is one writer thread: on PostgreSQL several
         # threads (and nodes) each holding a batch's row locks until one commit could
