@@ -650,23 +650,29 @@ def run_load(settings: Settings, name: str, server: Server, *, mode: str, size: 
 SIZE_BYTES = dict(SIZES)
 
 
-def run_phase(settings: Settings, name: str, kind: str, **load: Any) -> dict[str, Any]:
-    """Start a server of *kind* on a fresh copy of the data directory, load it, stop it."""
+def run_phase(settings: Settings, name: str, kind: str, workers: int | None = None, **load: Any) -> dict[str, Any]:
+    """Start a server of *kind* on a fresh copy of the data directory, load it, stop it.
+
+    A hub runs with ``settings.workers`` worker processes unless *workers* says otherwise.
+    """
     data_dir = settings.work / f"data-{name}"
     shutil.copytree(settings.template_dir, data_dir)
     describe = {"closed": "persistent connections, closed loop",
                 "open": f"open loop at {load.get('rate')} tx/s offered",
                 "connect": "a new TLS connection per transaction"}[load["mode"]]
-    say(f"- {name}: {kind} server, {load['size']} documents, {describe}, "
+    server_name = f"{kind} server" if kind != "hub" else (
+        f"hub ({settings.workers if workers is None else workers} workers)")
+    say(f"- {name}: {server_name}, {load['size']} documents, {describe}, "
         f"{settings.warmup:g} s warm-up + {load.get('duration') or settings.duration:g} s")
     phase_dir = settings.work / name
     phase_dir.mkdir(exist_ok=True)
-    server = Server(kind, data_dir, settings.server_cpus, phase_dir,
-                    workers=settings.workers if kind == "hub" else 1)
+    hub_workers = (settings.workers if workers is None else workers) if kind == "hub" else 1
+    server = Server(kind, data_dir, settings.server_cpus, phase_dir, workers=hub_workers)
     try:
         result = run_load(settings, name, server, **load)
     finally:
         server.stop()
+    result["hub_workers"] = hub_workers if kind == "hub" else None
     counts = result.pop("_server_counts")
     result["server_log"] = {"warnings": server.log_counts["warn"], "errors": server.log_counts["error"]}
     if kind == "hub":
@@ -696,6 +702,7 @@ def measure_inprocess(settings: Settings, seconds: float, size: str = "2k") -> d
     from gsem.config import load_config
     from gsem.db.connector import Database
     from gsem.exchange import Inbound, decide_and_store
+    from gsem.incident import ForwardTemplate
     from gsem.pki import fingerprint_sha256
     from gsem.validation import DocumentValidator
     from gsem.xmlsafe import ParseLimits
@@ -734,12 +741,15 @@ def measure_inprocess(settings: Settings, seconds: float, size: str = "2k") -> d
             inbound = Inbound(partner_id=partner, fingerprint=fingerprints[partner], body=body,
                               received_at=dt.now(UTC).replace(tzinfo=None))
             t0 = time.perf_counter()
+            # What Exchange.receive does before the database: inspect, prepare, precheck.
             inspection = validator.inspect(body)
+            forward = ForwardTemplate.prepare(body)
+            validator.precheck_matrix(inspection)
             t1 = time.perf_counter()
             c1 = time.thread_time()
             timings: dict[str, float] = {}
             outcome = database.run_sync(
-                lambda conn, i=inspection, b=inbound, t=timings: decide_and_store(conn, b, i, validator, t))
+                lambda conn, i=inspection, b=inbound, t=timings, f=forward: decide_and_store(conn, b, i, validator, t, f))
             t2 = time.perf_counter()
             c2 = time.thread_time()
             if outcome.log_fields.get("result") != "Yes":
@@ -887,6 +897,7 @@ PHASE_LABELS = {
     "loadgen": "load generator vs minimal TLS responder",
     "bare": "bare Twisted mTLS server (ceiling)",
     "hub": "hub, 2 KB, 64 connections",
+    "hub-1w": "hub with one worker, 2 KB, 64 connections",
     "hub-rate": "hub, 2 KB, fixed rate",
     "hub-rate-half": "hub, 2 KB, half its closed-loop rate",
     "hub-connect": "hub, 2 KB, new connection per tx",
@@ -990,6 +1001,8 @@ def summary_rows(report: dict[str, Any]) -> list[list[str]]:
             continue
         lat = phase["latency_ms"]
         label = PHASE_LABELS.get(name, name)
+        if phase.get("hub_workers") and name != "hub-1w":
+            label += f", {phase['hub_workers']} worker{'s' if phase['hub_workers'] > 1 else ''}"
         if phase.get("offered_tps"):
             label += f" ({phase['offered_tps']:,.0f} tx/s offered)"
         rows.append([name, label, fmt(phase["tps"], 1), fmt(lat["p50"]), fmt(lat["p95"]), fmt(lat["p99"]),
@@ -1130,7 +1143,7 @@ def cpu_list(value: str) -> list[int] | None:
     return cpus
 
 
-ALL_PHASES = ("inproc", "loadgen", "bare", "hub", "hub-rate", "hub-rate-half", "hub-connect", "bare-connect",
+ALL_PHASES = ("inproc", "loadgen", "bare", "hub", "hub-1w", "hub-rate", "hub-rate-half", "hub-connect", "bare-connect",
               "hub-10k", "hub-100k")
 
 
@@ -1206,6 +1219,7 @@ def main(argv: list[str] | None = None) -> int:
             "loadgen": ("minimal", dict(mode="closed", size="2k")),
             "bare": ("twisted", dict(mode="closed", size="2k")),
             "hub": ("hub", dict(mode="closed", size="2k")),
+            "hub-1w": ("hub", dict(mode="closed", size="2k", workers=1)),
             "hub-rate": ("hub", dict(mode="open", size="2k", rate=args.rate)),
             "hub-rate-half": ("hub", dict(mode="open", size="2k")),
             "hub-connect": ("hub", dict(mode="connect", size="2k")),
