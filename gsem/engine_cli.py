@@ -179,6 +179,20 @@ def _serve_worker(args: argparse.Namespace, config: Config) -> int:
 
     reactor.callWhenRunning(lambda: Deferred.fromCoroutine(start()).addErrback(failed))
     reactor.addSystemEventTrigger("before", "shutdown", lambda: Deferred.fromCoroutine(engine.stop()))
-    signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(reactor.stop))
-    reactor.run()
+    stopping: list[bool] = []
+
+    def stop(*_: object) -> None:
+        # Once: a signal to the whole process group (systemd stopping the unit) and the
+        # first process's SIGTERM may both arrive; Twisted's own handlers would stop the
+        # stopped reactor again and log ReactorNotRunning tracebacks.
+        if not stopping:
+            stopping.append(True)
+            reactor.callFromThread(reactor.stop)
+
+    # Ctrl-C in a terminal reaches every process of the group: the first process stops
+    # the workers itself (SIGTERM), and a worker that stopped first would look to it like
+    # one that died.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, stop)
+    reactor.run(installSignalHandlers=False)  # a worker starts no processes: no SIGCHLD
     return status["code"]

@@ -138,8 +138,10 @@ class RunningHub:
     Use :meth:`create` (or the ``hub`` fixtures); :meth:`stop` when done.
     """
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, serve_args: Sequence[str] = ()) -> None:
         self.data_dir = Path(data_dir)
+        #: more arguments for every ``gsem serve`` of this hub (e.g. ``--workers 2``)
+        self.serve_args = list(serve_args)
         self.process: subprocess.Popen[bytes] | None = None
         self.host = "127.0.0.1"
         self.port = 0
@@ -153,10 +155,12 @@ class RunningHub:
 
     @classmethod
     def create(cls, data_dir: Path, *, database_url: str | None = None,
-               limits: Mapping[str, float] | None = None, start: bool = True) -> RunningHub:
+               limits: Mapping[str, float] | None = None, start: bool = True,
+               serve_args: Sequence[str] = ()) -> RunningHub:
         """``gsem init DATA_DIR --demo`` then, with *start*, ``gsem serve --port 0``.
 
-        *limits* overrides settings of the ``[limits]`` section of ``gsem.toml``.
+        *limits* overrides settings of the ``[limits]`` section of ``gsem.toml``;
+        *serve_args* are added to every ``gsem serve`` (e.g. ``["--workers", "2"]``).
         """
         args = ["init", str(data_dir), "--demo", "--port", "0"]
         if database_url is not None:
@@ -164,7 +168,7 @@ class RunningHub:
         done = subprocess.run([GSEM, *args], capture_output=True, env=_clean_env(), timeout=60)
         if done.returncode != 0:
             raise HubError(f"gsem init failed ({done.returncode}):\n{done.stdout.decode()}{done.stderr.decode()}")
-        hub = cls(data_dir)
+        hub = cls(data_dir, serve_args=serve_args)
         if limits:
             hub.set_limits(limits)
         if start:
@@ -192,7 +196,7 @@ class RunningHub:
         self.stderr_paths.append(err)
         with out.open("wb") as stdout, err.open("wb") as stderr:
             self.process = subprocess.Popen(
-                [GSEM, "--data-dir", str(self.data_dir), "serve", "--port", str(port)],
+                [GSEM, "--data-dir", str(self.data_dir), "serve", "--port", str(port), *self.serve_args],
                 stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, env=_clean_env(),
             )
         deadline = time.monotonic() + START_TIMEOUT
@@ -368,12 +372,16 @@ class RunningHub:
 
         With *check*, a non-zero exit fails with the command's output.
         """
-        done = subprocess.run([GSEM, "--data-dir", str(self.data_dir), *args], capture_output=True,
-                              env=_clean_env(), timeout=timeout)
+        done = self.gsem_result(*args, timeout=timeout)
         if check and done.returncode != 0:
             raise HubError(f"gsem {' '.join(args)} exited {done.returncode}:\n"
                            f"{done.stdout.decode()}{done.stderr.decode()}")
         return done.stdout.decode("utf-8", "replace")
+
+    def gsem_result(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+        """Run ``gsem --data-dir DIR ARGS…``; returns how it ended (status, output, errors)."""
+        return subprocess.run([GSEM, "--data-dir", str(self.data_dir), *args], capture_output=True,
+                              env=_clean_env(), timeout=timeout)
 
     @property
     def database_url(self) -> str:
