@@ -1,0 +1,113 @@
+"""What one transaction costs the database thread: the work done while the store is held.
+
+Not a test: run it as ``.venv/bin/python bench/writer_speed.py [--rounds N] [--profile]``.
+
+With several workers (``gsem serve --workers``) on SQLite, the workers take turns holding
+the database, so the time a transaction spends there bounds the whole hub.  This runs
+exactly that part, without network or threads: whole 2 KB lifecycles (the benchmark's
+documents, ``bench/run.py``) for 32 incidents at a time, each step of the 32 as one group
+commit (``gsem.db.pool.run_batch`` of ``decide_and_store``, as the hub's writer runs a
+batch), on a fresh SQLite file with the hub's settings.  What ``Exchange.receive`` does
+before the database (inspect, the forwarded document's template, the matrix precheck)
+is done first, untimed.
+
+It prints the database thread's CPU time and wall time per transaction; ``--profile``
+adds cProfile's top functions (which roughly doubles the times).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import shutil
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+# Runnable from a checkout without installing: the package sits next to bench/.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import run as bench  # noqa: E402
+
+from gsem.config import load_config  # noqa: E402
+from gsem.db.connector import Database  # noqa: E402
+from gsem.db.pool import run_batch  # noqa: E402
+from gsem.exchange import Inbound, decide_and_store  # noqa: E402
+from gsem.incident import ForwardTemplate  # noqa: E402
+from gsem.pki import fingerprint_sha256  # noqa: E402
+from gsem.validation import DocumentValidator  # noqa: E402
+from gsem.xmlsafe import ParseLimits  # noqa: E402
+
+#: Incidents whose same step shares one group commit (the hub's batches are up to 32).
+PARALLEL = 32
+
+
+def prepare_batches(data_dir: Path, rounds: int) -> tuple[Database, list[list[Any]]]:
+    """The database and, per step of *rounds* × 32 lifecycles, one batch of calls."""
+    config = load_config(data_dir)
+    limits = config.limits
+    validator = DocumentValidator(ParseLimits(limits.max_body_bytes, limits.max_depth, limits.max_elements))
+    certs = data_dir / "certs" / "partners"
+    fingerprints = {p: fingerprint_sha256((certs / f"{p}-cert.pem").read_bytes()) for p in ("REQ01", "PRV01")}
+    steps = bench.lifecycle_templates(2048)
+    batches = []
+    for lifecycle in range(rounds):
+        for step in steps:
+            calls = []
+            for n in range(PARALLEL):
+                partner = "REQ01" if step["role"] == "R" else "PRV01"
+                body = bench.fill(step["body"], f"R-w-{lifecycle}-{n}", f"P-w-{lifecycle}-{n}")
+                inbound = Inbound(partner_id=partner, fingerprint=fingerprints[partner], body=body,
+                                  received_at=datetime.now(UTC).replace(tzinfo=None))
+                inspection = validator.inspect(body)
+                forward = ForwardTemplate.prepare(body)
+                validator.precheck_matrix(inspection)
+                calls.append((lambda conn, i=inspection, b=inbound, f=forward:
+                              decide_and_store(conn, b, i, validator, {}, f), (), {}))
+            batches.append(calls)
+    return Database(config.database_url), batches
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=12,
+                        help=f"lifecycles per incident slot; {PARALLEL} slots, 9 steps each (default 12)")
+    parser.add_argument("--profile", action="store_true", help="also print cProfile's top 40 by own time")
+    args = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="gsem-writer-"))
+    try:
+        print(f"writer_speed: preparing a data directory and {args.rounds * 9 * PARALLEL:,} transactions ...",
+              flush=True)
+        bench.prepare_data_dir(work / "data")
+        database, batches = prepare_batches(work / "data", args.rounds)
+        profile = cProfile.Profile() if args.profile else None
+        refused = count = 0
+        cpu, wall = time.thread_time(), time.perf_counter()
+        if profile:
+            profile.enable()
+        for calls in batches:
+            for ok, outcome in run_batch(database.engine, calls):
+                count += 1
+                if not ok or outcome.log_fields.get("result") != "Yes":
+                    refused += 1
+        if profile:
+            profile.disable()
+        cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
+        database.engine.dispose()
+        print(f"{count:,} transactions in {len(batches)} group commits of {PARALLEL}: "
+              f"{cpu / count * 1e6:,.0f} µs CPU and {wall / count * 1e6:,.0f} µs wall per transaction"
+              + (f"  !! {refused} not accepted" if refused else ""))
+        if profile:
+            pstats.Stats(profile).sort_stats("tottime").print_stats(40)
+        return 1 if refused else 0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
