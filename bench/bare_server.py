@@ -12,10 +12,11 @@ acknowledgement (the size of a real one), and stop on SIGTERM.
     The hub's own listener with nothing behind it: Twisted's reactor, gsem's
     ``PartnerTrustStore`` and ``listen_tls`` (the same mutual-TLS setup, certificates,
     CRL check and partner lookup during the handshake, here from a snapshot of the data
-    directory's partner table), Twisted web with gsem's ``LimitedRequest``, the same
-    log observer as ``gsem serve`` (so Twisted's access-log line per request too), and a
-    resource that reads the body and writes the acknowledgement the way the hub's does
-    (``request.write`` then ``finish``, so chunked).  No parsing, no validation, no
+    directory's partner table), Twisted web set up as the hub's
+    (``gsem.web.listener_site``: ``LimitedRequest``, no access-log line, no form
+    parsing), the same log observer as ``gsem serve``, and a resource that reads the
+    body and writes the acknowledgement the way the hub's does (``request.write`` then
+    ``finish``, so chunked).  No parsing, no validation, no
     database, no acknowledgement log.
 ``minimal`` (to show the load generator's own ceiling)
     A single-threaded ``selectors`` loop over Python ``ssl`` sockets: client
@@ -60,16 +61,17 @@ def serve_twisted(data_dir: Path, port: int) -> int:
     from twisted.internet.defer import Deferred
     from twisted.logger import globalLogBeginner, textFileLogObserver
     from twisted.web.resource import Resource
-    from twisted.web.server import NOT_DONE_YET, Site
+    from twisted.web.server import NOT_DONE_YET
 
     from gsem.db import partners
     from gsem.db.connector import Database
     from gsem.tls import PartnerTrustStore, listen_tls, partner_of
-    from gsem.web import ACK_CONTENT_TYPE, LimitedRequest
+    from gsem.web import ACK_CONTENT_TYPE, listener_site
 
     config = load_config(data_dir)
-    # Log as `gsem serve` does (its access log line per request included), so that the
-    # difference to the hub is gsem's own work and nothing else.
+    # Log as `gsem serve` does, with the hub's own web layer (gsem.web.listener_site: no
+    # access-log line, no form parsing), so that the difference to the hub is gsem's own
+    # work and nothing else.
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
     database = Database(config.database_url)
     try:
@@ -104,11 +106,8 @@ def serve_twisted(data_dir: Path, port: int) -> int:
             return NOT_DONE_YET
 
     limits = config.limits
-    site = Site(FixedAcknowledgement(), timeout=limits.idle_timeout, reactor=reactor)
-    site.requestFactory = LimitedRequest
-    site.max_body_bytes = limits.max_body_bytes
-    site.displayTracebacks = False
-    site.noisy = False
+    site = listener_site(FixedAcknowledgement(), max_body_bytes=limits.max_body_bytes,
+                         idle_timeout=limits.idle_timeout, reactor=reactor)
     store = PartnerTrustStore(config.ca_paths, config.crl_paths, config.server_cert, config.server_key,
                               lookup, clock=reactor)
 
