@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from gsem.config import CONFIG_NAME, Config, load_config, render_config
 from gsem.errors import GsemError
@@ -144,11 +146,31 @@ def _serve(args: argparse.Namespace) -> int:
             stopping.append(supervisor.stop())
         return DeferredList(stopping)
 
+    def take_stop_signals() -> None:
+        # Twisted installed its handlers when the reactor started (it needs its SIGCHLD
+        # one for the workers); its SIGTERM and SIGINT ones stop the reactor again on a
+        # second signal and log ReactorNotRunning. Replace those two.
+        stop = _stop_once(reactor)
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+
+    reactor.callWhenRunning(take_stop_signals)
     reactor.callWhenRunning(lambda: Deferred.fromCoroutine(start()).addErrback(failed))
     reactor.addSystemEventTrigger("before", "shutdown", shutdown)
-    signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(reactor.stop))
     reactor.run()
     return status["code"]
+
+
+def _stop_once(reactor: Any) -> Callable[..., None]:
+    """A signal handler that stops *reactor* on the first signal and ignores the others."""
+    stopping: list[bool] = []
+
+    def stop(*_: object) -> None:
+        if not stopping:
+            stopping.append(True)
+            reactor.callFromThread(reactor.stop)
+
+    return stop
 
 
 def _serve_worker(args: argparse.Namespace, config: Config) -> int:
@@ -179,20 +201,13 @@ def _serve_worker(args: argparse.Namespace, config: Config) -> int:
 
     reactor.callWhenRunning(lambda: Deferred.fromCoroutine(start()).addErrback(failed))
     reactor.addSystemEventTrigger("before", "shutdown", lambda: Deferred.fromCoroutine(engine.stop()))
-    stopping: list[bool] = []
-
-    def stop(*_: object) -> None:
-        # Once: a signal to the whole process group (systemd stopping the unit) and the
-        # first process's SIGTERM may both arrive; Twisted's own handlers would stop the
-        # stopped reactor again and log ReactorNotRunning tracebacks.
-        if not stopping:
-            stopping.append(True)
-            reactor.callFromThread(reactor.stop)
-
+    # Once: a signal to the whole process group (systemd stopping the unit) and the
+    # first process's SIGTERM may both arrive; Twisted's own handlers would stop the
+    # stopped reactor again and log ReactorNotRunning tracebacks.
     # Ctrl-C in a terminal reaches every process of the group: the first process stops
     # the workers itself (SIGTERM), and a worker that stopped first would look to it like
     # one that died.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGTERM, _stop_once(reactor))
     reactor.run(installSignalHandlers=False)  # a worker starts no processes: no SIGCHLD
     return status["code"]

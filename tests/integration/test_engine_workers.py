@@ -417,9 +417,10 @@ def test_killed_worker_is_started_again_while_the_hub_keeps_answering(hub2: Runn
     assert not lost, f"{len(lost)} of {len(acknowledged)} acknowledged transactions are not stored: {sorted(lost)[:5]}"
 
 
-@pytest.mark.parametrize("how", ["sigterm-to-first", "ctrl-c-to-all"])
+@pytest.mark.parametrize("how", ["sigterm-to-first", "ctrl-c-to-all", "sigterm-twice"])
 def test_stop_signal_stops_every_worker_and_exits_0(hub2: RunningHub, how: str) -> None:
-    """SIGTERM to the first process, or SIGINT to every process as Ctrl-C in a terminal sends it: it exits 0 within seconds, workers stop in order, no traceback."""
+    """SIGTERM to the first process (once or twice), or SIGINT to every process as Ctrl-C
+    in a terminal sends it: it exits 0 within seconds, workers stop in order, no traceback."""
     hub = hub2
     workers = _children(hub.pid)
     for n in range(4):
@@ -427,6 +428,11 @@ def test_stop_signal_stops_every_worker_and_exits_0(hub2: RunningHub, how: str) 
     assert hub.process is not None
     started = time.monotonic()
     if how == "sigterm-to-first":
+        os.kill(hub.pid, signal.SIGTERM)
+    elif how == "sigterm-twice":
+        # An impatient operator (or a service manager) signals again while it stops.
+        os.kill(hub.pid, signal.SIGTERM)
+        time.sleep(0.05)
         os.kill(hub.pid, signal.SIGTERM)
     else:
         for pid in [hub.pid, *workers]:
