@@ -6,6 +6,9 @@ Only this module touches the global reactor.
 from __future__ import annotations
 
 import argparse
+import faulthandler
+import io
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    _stacks_on_sigusr1()
     if args.data_dir is None:
         args.data_dir = default_data_dir()
     try:
@@ -53,6 +57,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return report_error(e)
     except KeyboardInterrupt:
         return 130
+
+
+def _stacks_on_sigusr1() -> None:
+    """Make ``kill -USR1 PID`` write every thread's Python stack to standard error.
+
+    For a process that seems stuck; it goes on afterwards.  Skipped when standard error
+    is not a file (gsem run inside another program, e.g. under pytest's capture).
+    """
+    try:
+        faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
+    except (AttributeError, ValueError, io.UnsupportedOperation):
+        pass
 
 
 def report_error(error: GsemError) -> int:

@@ -490,3 +490,13 @@ def test_bad_workers_option_is_refused(idle_hub: RunningHub, value: str) -> None
     assert code != 0, stderr
     assert f"--workers must be 1-{MAX_WORKERS}, not {value}" in stderr, stderr
     assert "Traceback" not in stderr and "serving" not in stderr, stderr
+
+
+def test_sigusr1_dumps_the_stacks_and_the_hub_goes_on(hub2: RunningHub) -> None:
+    """kill -USR1 on a process that seems stuck writes its threads' stacks to stderr; it keeps serving."""
+    hub = hub2
+    os.kill(hub.pid, signal.SIGUSR1)
+    wait_until(lambda: "most recent call first" in hub.stderr_text(), timeout=10, what="a stack dump on stderr")
+    assert "engine_cli.py" in hub.stderr_text(), "the stack shows where gsem serve is"
+    assert hub.post("ACME", _service_request("USR1-1"))[0] == 200
+    assert hub.process is not None and hub.process.poll() is None
