@@ -149,10 +149,13 @@ def _serve(args: argparse.Namespace) -> int:
     def take_stop_signals() -> None:
         # Twisted installed its handlers when the reactor started (it needs its SIGCHLD
         # one for the workers); its SIGTERM and SIGINT ones stop the reactor again on a
-        # second signal and log ReactorNotRunning. Replace those two.
+        # second signal and log ReactorNotRunning. Replace those two. A SIGINT this
+        # process was started ignoring (a background job of a script) stays ignored, as
+        # Twisted leaves it.
         stop = _stop_once(reactor)
         signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            signal.signal(signal.SIGINT, stop)
 
     reactor.callWhenRunning(take_stop_signals)
     reactor.callWhenRunning(lambda: Deferred.fromCoroutine(start()).addErrback(failed))

@@ -55,6 +55,7 @@ LIFECYCLE = [
 COUNTERPARTY = {"ACME": "GLOBEX", "GLOBEX": "ACME"}
 
 __all__ = [
+    "sigint_as_in_a_terminal",
     "CURL",
     "GSEM",
     "TRANSACTIONS_PATH",
@@ -121,6 +122,15 @@ def ack_text(ack: etree._Element, tag: str) -> str:
 def ack_codes(ack: etree._Element) -> list[str]:
     """The ``ERROR/@code`` values of an ACKNOWLEDGEMENT, in order."""
     return [e.get("code") for e in ack.findall("ERROR")]
+
+
+def sigint_as_in_a_terminal() -> None:
+    """In a child before exec: SIGINT at its default, as for a command typed in a terminal.
+
+    A test suite started in the background (a CI script, ``make test &``) inherits SIGINT
+    ignored, and so would every gsem it starts; then Ctrl-C cannot be tested.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _clean_env() -> dict[str, str]:
@@ -198,6 +208,7 @@ class RunningHub:
             self.process = subprocess.Popen(
                 [GSEM, "--data-dir", str(self.data_dir), "serve", "--port", str(port), *self.serve_args],
                 stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, env=_clean_env(),
+                preexec_fn=sigint_as_in_a_terminal,
             )
         deadline = time.monotonic() + START_TIMEOUT
         while True:

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from fault_proxy import FaultProxy
-from hub import CURL, FIXTURES, GSEM, LIFECYCLE, RunningHub
+from hub import CURL, FIXTURES, GSEM, LIFECYCLE, RunningHub, sigint_as_in_a_terminal
 from lxml import etree
 from twisted.internet import reactor
 from twisted.internet.task import Clock, deferLater
@@ -558,7 +558,7 @@ def test_gsem_chs_receive_takes_what_the_hub_pushes(shared_hub: RunningHub, tmp_
             [GSEM, "chs", "receive", "--port", "0", "--server-cert", str(pushes.server_cert),
              "--server-key", str(pushes.server_key), "--hub-ca", str(shared_hub.ca_cert),
              "--hub-fingerprint", hub_fingerprint, "--state", str(state)],
-            stdout=stdout, stderr=stderr, env=_env())
+            stdout=stdout, stderr=stderr, env=_env(), preexec_fn=sigint_as_in_a_terminal)
 
     def wait_for(path: Path, pattern: str, seconds: float) -> re.Match[str]:
         deadline = time.monotonic() + seconds
@@ -591,7 +591,7 @@ def test_gsem_chs_receive_takes_what_the_hub_pushes(shared_hub: RunningHub, tmp_
         try:
             code = process.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            # Seen once under a full suite (session 2): say where it was stuck.
+            # Say where it was stuck (kill -USR1 makes gsem dump its threads' stacks).
             process.send_signal(signal.SIGUSR1)  # gsem dumps its threads' stacks
             time.sleep(1)
             process.kill()
