@@ -6,11 +6,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from xml.sax.saxutils import escape
 
 from lxml import etree
 
 from gsem.errors import Problem, http_status_for
+from gsem.xmlsafe import escape_attribute, escape_text
 
 __all__ = ["Acknowledgement", "sis_date", "mark_duplicate"]
 
@@ -100,14 +100,14 @@ class Acknowledgement:
                           ("TransactionName", self.transaction_name), ("RequesterID", self.requester_ref),
                           ("ProviderID", self.provider_ref), ("CurrentState", self.current_state),
                           ("ReceivedAt", sis_date(self.received_at))):
-            parts.append(f"  <{tag}>{_text(text)}</{tag}>\n" if text else f"  <{tag}/>\n")
-        parts.append(f'  <Digest algorithm="sha-256">{_text(self.digest)}</Digest>\n' if self.digest
+            parts.append(f"  <{tag}>{escape_text(text)}</{tag}>\n" if text else f"  <{tag}/>\n")
+        parts.append(f'  <Digest algorithm="sha-256">{escape_text(self.digest)}</Digest>\n' if self.digest
                      else '  <Digest algorithm="sha-256"/>\n')
         for tag, problems in (("ERROR", self.errors), ("WARNING", self.warnings)):
             for problem in problems:
-                path = f' path="{_attribute(problem.path)}"' if problem.path else ""
-                head = f'  <{tag} code="{_attribute(problem.code.code)}"{path}'
-                parts.append(f"{head}>{_text(problem.message)}</{tag}>\n" if problem.message else f"{head}/>\n")
+                path = f' path="{escape_attribute(problem.path)}"' if problem.path else ""
+                head = f'  <{tag} code="{escape_attribute(problem.code.code)}"{path}'
+                parts.append(f"{head}>{escape_text(problem.message)}</{tag}>\n" if problem.message else f"{head}/>\n")
         parts.append("</ACKNOWLEDGEMENT>\n")
         written = "".join(parts)
         if _NOT_XML.search(written):
@@ -117,17 +117,6 @@ class Acknowledgement:
 
 #: Characters XML 1.0 cannot carry (lxml refuses them).
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
-_ATTRIBUTE_ENTITIES = {'"': "&quot;", "\n": "&#10;", "\r": "&#13;", "\t": "&#9;"}
-
-
-def _text(value: str) -> str:
-    # As lxml escapes element text.
-    return escape(value, {"\r": "&#13;"})
-
-
-def _attribute(value: str) -> str:
-    # As lxml escapes attribute values.
-    return escape(value, _ATTRIBUTE_ENTITIES)
 
 
 def mark_duplicate(ack_document: bytes) -> bytes:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from xml.sax.saxutils import escape
 
 from lxml import etree
+
+from gsem.xmlsafe import escape_text
 
 __all__ = ["APPENDED", "apply_transaction", "merge_into", "incident_for_query", "forwarded_document",
            "ForwardTemplate"]
@@ -153,8 +154,7 @@ class ForwardTemplate:
 
 
 def _text(value: str) -> bytes:
-    # As lxml escapes element text.
-    return escape(value, {"\r": "&#13;"}).encode("utf-8")
+    return escape_text(value).encode("utf-8")
 
 
 def _element_text(serialised: bytes) -> bytes | None:

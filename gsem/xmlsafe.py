@@ -11,12 +11,13 @@ import functools
 import re
 import threading
 from dataclasses import dataclass
+from xml.sax.saxutils import escape
 
 from lxml import etree
 
 from gsem.errors import AckCode, DocumentRejected, Problem
 
-__all__ = ["ParseLimits", "parse_document"]
+__all__ = ["ParseLimits", "parse_document", "escape_text", "escape_attribute"]
 
 
 @dataclass(frozen=True)
@@ -115,3 +116,16 @@ def parse_document(data: bytes, limits: ParseLimits = ParseLimits()) -> etree._E
 def _tree_checks(max_depth: int) -> tuple[etree.XPath, etree.XPath]:
     """Compiled XPaths: the element count, and whether any element lies below *max_depth*."""
     return etree.XPath("count(//*)"), etree.XPath("boolean(/*" + "/*" * max_depth + ")")
+
+
+_ATTRIBUTE_ENTITIES = {'"': "&quot;", "\n": "&#10;", "\r": "&#13;", "\t": "&#9;"}
+
+
+def escape_text(value: str) -> str:
+    """*value* as lxml writes element text: for documents joined as text on the hot path."""
+    return escape(value, {"\r": "&#13;"})
+
+
+def escape_attribute(value: str) -> str:
+    """*value* as lxml writes a double-quoted attribute value."""
+    return escape(value, _ATTRIBUTE_ENTITIES)
