@@ -157,10 +157,6 @@ class WorkerSupervisor:
                  index=worker.index, pid=worker.pid, status=status, delay=RESTART_DELAY)
         self._restarts[worker.index] = self.reactor.callLater(RESTART_DELAY, self._spawn, worker.index)
 
-    def pids(self) -> dict[int, int]:
-        """The running workers' pids by number (worker 1, this process, not included)."""
-        return {index: w.pid for index, w in self.workers.items() if w.pid is not None}
-
     def stop(self) -> Deferred[Any]:
         """SIGTERM every worker; SIGKILL those still running after :data:`STOP_TIMEOUT`."""
         self._stopping = True
