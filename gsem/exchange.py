@@ -96,7 +96,7 @@ class _Hot:
         if not set(order) <= set(names):
             raise AssertionError(f"hot statement needs parameters {sorted(set(order) - set(names))}")
         binds = {bind.key: bind for bind in compiled.binds.values()}
-        processors = [_fast_bind(binds[name].type, dialect) for name in order]
+        processors = [binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in order]
         prepared = (compiled.string, order, processors)
         self._compiled[names] = prepared
         if self._row is None and self.statement.is_select:
@@ -146,21 +146,6 @@ class _Hot:
         """Run the SELECT; its first row or ``None``."""
         found = self.rows(conn, params)
         return found[0] if found else None
-
-
-def _fast_bind(type_: Any, dialect: Any) -> Any:
-    """The type's bind processor; for SQLite's DATETIME the same text, made faster."""
-    process = type_.dialect_impl(dialect).bind_processor(dialect)
-    if dialect.name != "sqlite" or not isinstance(type_, sa.DateTime) or process is None:
-        return process
-
-    def datetime_text(value: Any) -> Any:
-        # SQLAlchemy's SQLite format, "YYYY-MM-DD hh:mm:ss.ffffff", for naive datetimes.
-        if isinstance(value, datetime) and value.tzinfo is None:
-            return value.isoformat(" ", "microseconds")
-        return process(value)
-
-    return datetime_text
 
 
 _HOT_SELECT_KEY = _Hot(_SELECT_KEY)
