@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 import time
 from collections import namedtuple
 from dataclasses import dataclass, field
@@ -72,6 +73,29 @@ _INSERT_KEY = _keys.insert()
 _INSERT_DELIVERY = model.deliveries.insert()
 
 
+class _Store:
+    """The connection of one :func:`decide_and_store` call, looked up once for its statements.
+
+    *raw* is the SQLite DBAPI connection of *conn*'s transaction; None on other dialects,
+    whose statements go through ``conn.execute``.
+    """
+
+    __slots__ = ("conn", "raw", "error")
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.raw: Any = conn.connection.driver_connection if conn.dialect.name == "sqlite" else None
+        self.error: Any = conn.dialect.loaded_dbapi.Error
+
+
+def _getter(order: tuple[str, ...]) -> Any:
+    """The values of *order* from a parameter dict, as a tuple."""
+    if len(order) == 1:
+        name = order[0]
+        return lambda params: (params[name],)
+    return operator.itemgetter(*order) if order else (lambda params: ())
+
+
 class _Hot:
     """One statement of the hot path, run on SQLite straight through the DBAPI connection.
 
@@ -86,18 +110,22 @@ class _Hot:
 
     def __init__(self, statement: Any) -> None:
         self.statement = statement
-        self._compiled: dict[tuple[str, ...], tuple[str, tuple[str, ...], list[Any]]] = {}
+        self._compiled: dict[tuple[str, ...], tuple[str, Any, tuple[tuple[int, Any], ...]]] = {}
         self._row: tuple[type, list[Any]] | None = None
 
-    def _prepare(self, conn: Connection, names: tuple[str, ...]) -> tuple[str, tuple[str, ...], list[Any]]:
+    def _prepare(self, conn: Connection, names: tuple[str, ...]) -> tuple[str, Any, tuple[tuple[int, Any], ...]]:
         dialect = conn.dialect
         compiled = self.statement.compile(dialect=dialect, column_keys=list(names))
         order = tuple(compiled.positiontup or ())
         if not set(order) <= set(names):
             raise AssertionError(f"hot statement needs parameters {sorted(set(order) - set(names))}")
         binds = {bind.key: bind for bind in compiled.binds.values()}
-        processors = [binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in order]
-        prepared = (compiled.string, order, processors)
+        processors = []
+        for index, name in enumerate(order):
+            process = binds[name].type.dialect_impl(dialect).bind_processor(dialect)
+            if process is not None:
+                processors.append((index, process))
+        prepared = (compiled.string, _getter(order), tuple(processors))
         self._compiled[names] = prepared
         if self._row is None and self.statement.is_select:
             columns = list(self.statement.selected_columns)
@@ -105,46 +133,47 @@ class _Hot:
             self._row = (row_type, [c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns])
         return prepared
 
-    def _run(self, conn: Connection, params: dict[str, Any]) -> Any:
+    def _run(self, store: _Store, params: dict[str, Any]) -> Any:
         names = tuple(params)
-        prepared = self._compiled.get(names) or self._prepare(conn, names)
-        sql, order, processors = prepared
-        values = [params[name] if proc is None else proc(params[name])
-                  for name, proc in zip(order, processors, strict=True)]
-        raw = conn.connection.driver_connection
-        assert raw is not None
+        prepared = self._compiled.get(names) or self._prepare(store.conn, names)
+        sql, getter, processors = prepared
+        values = getter(params)
+        if processors:
+            values = list(values)
+            for index, process in processors:
+                values[index] = process(values[index])
         try:
-            return raw.execute(sql, values)
-        except conn.dialect.loaded_dbapi.Error as e:
-            raise sa.exc.DBAPIError.instance(sql, values, e, conn.dialect.loaded_dbapi.Error,
-                                             dialect=conn.dialect) from e
+            return store.raw.execute(sql, values)
+        except store.error as e:
+            dialect = store.conn.dialect
+            raise sa.exc.DBAPIError.instance(sql, values, e, dialect.loaded_dbapi.Error, dialect=dialect) from e
 
-    def insert(self, conn: Connection, params: dict[str, Any]) -> Any:
+    def insert(self, store: _Store, params: dict[str, Any]) -> Any:
         """Run the INSERT; its new row's primary key."""
-        if conn.dialect.name != "sqlite":
-            return conn.execute(self.statement, params).inserted_primary_key[0]
-        return self._run(conn, params).lastrowid
+        if store.raw is None:
+            return store.conn.execute(self.statement, params).inserted_primary_key[0]
+        return self._run(store, params).lastrowid
 
-    def write(self, conn: Connection, params: dict[str, Any]) -> None:
+    def write(self, store: _Store, params: dict[str, Any]) -> None:
         """Run an INSERT or UPDATE whose result is not needed."""
-        if conn.dialect.name != "sqlite":
-            conn.execute(self.statement, params)
+        if store.raw is None:
+            store.conn.execute(self.statement, params)
         else:
-            self._run(conn, params)
+            self._run(store, params)
 
-    def rows(self, conn: Connection, params: dict[str, Any]) -> list[Any]:
+    def rows(self, store: _Store, params: dict[str, Any]) -> list[Any]:
         """Run the SELECT; every row, with attribute access by column key."""
-        if conn.dialect.name != "sqlite":
-            return list(conn.execute(self.statement, params).all())
-        cursor = self._run(conn, params)
+        if store.raw is None:
+            return list(store.conn.execute(self.statement, params).all())
+        cursor = self._run(store, params)
         assert self._row is not None
         row_type, processors = self._row
         return [row_type(*[value if proc is None else proc(value) for value, proc in zip(raw, processors, strict=True)])
                 for raw in cursor.fetchall()]
 
-    def first(self, conn: Connection, params: dict[str, Any]) -> Any:
+    def first(self, store: _Store, params: dict[str, Any]) -> Any:
         """Run the SELECT; its first row or ``None``."""
-        found = self.rows(conn, params)
+        found = self.rows(store, params)
         return found[0] if found else None
 
 
@@ -200,7 +229,7 @@ class _Found:
     problems: list[Problem] = field(default_factory=list)
 
 
-def _find_incident(conn: Connection, inbound: Inbound, inspection: Inspection) -> _Found:
+def _find_incident(store: _Store, inbound: Inbound, inspection: Inspection) -> _Found:
     """Which incident the document addresses, and in which role the partner sends it (SPEC §2)."""
     requester_ref = inspection.text("RequesterID")
     provider_ref = inspection.text("ProviderID")
@@ -208,7 +237,7 @@ def _find_incident(conn: Connection, inbound: Inbound, inspection: Inspection) -
     assert name is not None
     if requester_ref is None:
         return _Found()  # missing-mandatory is reported by the matrix
-    rows = _HOT_SELECT_BY_REF.rows(conn, {"requester_ref": requester_ref})
+    rows = _HOT_SELECT_BY_REF.rows(store, {"requester_ref": requester_ref})
     senders = {role for spec in registry.specs_named(name) for role in spec.sender}
     mine = []
     for row in rows:
@@ -262,14 +291,15 @@ def decide_and_store(conn: Connection, inbound: Inbound, inspection: Inspection,
     digest = hashlib.sha256(inbound.body).hexdigest()
     key = inbound.idempotency_key or digest
     now = _now()
+    store = _Store(conn)
 
     _wait_for_same_key(conn, inbound.partner_id, key)
-    known = _HOT_SELECT_KEY.first(conn, {"partner_id": inbound.partner_id, "key": key})
+    known = _HOT_SELECT_KEY.first(store, {"partner_id": inbound.partner_id, "key": key})
     if known is not None and known.digest == digest:
         original = known
         assert original.document is not None, f"acknowledgement {known.ack_id} of a kept key is missing"
         replay = mark_duplicate(original.document)
-        _record(conn, inbound, digest, key, now, ack_id=new_ulid(), accepted=False, transaction_name=original.transaction_name,
+        _record(store, inbound, digest, key, now, ack_id=new_ulid(), accepted=False, transaction_name=original.transaction_name,
                 requester_ref=original.requester_ref, provider_ref=original.provider_ref, incident_id=None,
                 state_before=None, state_after=original.state_after, http_status=original.http_status,
                 result="Yes", error_codes=[], document=replay, timings=timings, duplicate_of=known.ack_id)
@@ -301,7 +331,7 @@ def decide_and_store(conn: Connection, inbound: Inbound, inspection: Inspection,
             validator.apply_matrix(inspection, spec)
             contract = inspection.root.findtext("AGREEMENT/ContractID")
             if contract:
-                provider_id = _provider_for(conn, inbound.partner_id, contract_id_of(contract))
+                provider_id = _provider_for(store, inbound.partner_id, contract_id_of(contract))
                 if provider_id is None:
                     inspection.errors.append(Problem(
                         AckCode.NOT_AUTHORIZED,
@@ -309,13 +339,13 @@ def decide_and_store(conn: Connection, inbound: Inbound, inspection: Inspection,
                         "/SERVICE_INCIDENT/AGREEMENT/ContractID"))
             ref = inspection.text("RequesterID")
             exists = ref is not None and _HOT_SELECT_OWN_REF.first(
-                conn, {"requester_id": inbound.partner_id, "requester_ref": ref})
+                store, {"requester_id": inbound.partner_id, "requester_ref": ref})
             inspection.errors.extend(check_state(spec, IncidentFacts(State.BEGINNING if exists else None)))
             if not exists and ref is not None and provider_id is not None:
-                inspection.errors.extend(_unaddressable(conn, provider_id, ref))
+                inspection.errors.extend(_unaddressable(store, provider_id, ref))
             recipient = provider_id
         else:
-            found = _find_incident(conn, inbound, inspection)
+            found = _find_incident(store, inbound, inspection)
             inspection.errors.extend(found.problems)
             if found.incident is not None and found.role is not None:
                 incident = found.incident
@@ -349,7 +379,7 @@ def decide_and_store(conn: Connection, inbound: Inbound, inspection: Inspection,
         document_bytes = etree.tostring(new_document, encoding="UTF-8")
         provider_ref = ack.provider_ref if spec is not None and Role.PROVIDER in spec.sender else None
         if incident is None:
-            incident_id = _HOT_INSERT_INCIDENT.insert(conn, dict(
+            incident_id = _HOT_INSERT_INCIDENT.insert(store, dict(
                 requester_id=inbound.partner_id, provider_id=provider_id, requester_ref=ack.requester_ref,
                 provider_ref=None, state=new_state.value, document=document_bytes,
                 problem_with_request=inspection.root.find("PROBLEM") is not None, version=1,
@@ -359,21 +389,21 @@ def decide_and_store(conn: Connection, inbound: Inbound, inspection: Inspection,
                                           updated_at=now, version=incident.version + 1)
             if provider_ref and not incident.provider_ref:
                 values["provider_ref"] = provider_ref
-            _HOT_UPDATE_INCIDENT.write(conn, values)
+            _HOT_UPDATE_INCIDENT.write(store, values)
 
     document = ack.to_bytes()
     timings["decide_ms"] = round((time.perf_counter() - started) * 1000, 3)
-    message_id = _record(conn, inbound, digest, key, now, ack_id=ack.ack_id, accepted=ack.accepted,
+    message_id = _record(store, inbound, digest, key, now, ack_id=ack.ack_id, accepted=ack.accepted,
                          transaction_name=ack.transaction_name, requester_ref=ack.requester_ref,
                          provider_ref=ack.provider_ref, incident_id=incident_id,
                          state_before=state_before.value if state_before else None, state_after=ack.current_state,
                          http_status=ack.http_status, result="Yes" if ack.accepted else "No",
                          error_codes=ack.error_codes, document=document, timings=timings)
     if ack.accepted:
-        _HOT_INSERT_KEY.write(conn, dict(partner_id=inbound.partner_id, key=key, digest=digest,
+        _HOT_INSERT_KEY.write(store, dict(partner_id=inbound.partner_id, key=key, digest=digest,
                                        ack_id=ack.ack_id, created_at=now))
         if spec is not None and spec.name != "Query_Incident" and recipient is not None:
-            _HOT_INSERT_DELIVERY.write(conn, dict(
+            _HOT_INSERT_DELIVERY.write(store, dict(
                 message_id=message_id, incident_id=incident_id, recipient_id=recipient, state="pending",
                 transaction_name=ack.transaction_name, requester_ref=ack.requester_ref,
                 document=forward.render(state=ack.current_state, provider_ref=ack.provider_ref) if forward
@@ -402,7 +432,7 @@ def _wait_for_same_key(conn: Connection, partner_id: str, key: str) -> None:
         conn.execute(_ADVISORY_LOCK, {"pair": f"{partner_id} {key}"})
 
 
-def _unaddressable(conn: Connection, provider_id: str, requester_ref: str) -> list[Problem]:
+def _unaddressable(store: _Store, provider_id: str, requester_ref: str) -> list[Problem]:
     """Refuse a second incident the provider could not tell apart from one it has (SPEC §2).
 
     A provider addresses incidents by RequesterID, and by ProviderID when another
@@ -410,7 +440,7 @@ def _unaddressable(conn: Connection, provider_id: str, requester_ref: str) -> li
     be addressed by RequesterID, so while one exists a second one with the same
     RequesterID at the same provider could be entitled by neither (docs/decisions.md).
     """
-    waiting = _HOT_SELECT_WAITING.first(conn, {"provider_id": provider_id, "requester_ref": requester_ref})
+    waiting = _HOT_SELECT_WAITING.first(store, {"provider_id": provider_id, "requester_ref": requester_ref})
     if waiting is None:
         return []
     return [Problem(AckCode.DUPLICATE_INCIDENT,
@@ -419,12 +449,12 @@ def _unaddressable(conn: Connection, provider_id: str, requester_ref: str) -> li
                     "/SERVICE_INCIDENT/RequesterID")]
 
 
-def _provider_for(conn: Connection, requester_id: str, contract_id: str) -> str | None:
-    row = _HOT_SELECT_PROVIDER.first(conn, {"requester_id": requester_id, "contract_id": contract_id})
+def _provider_for(store: _Store, requester_id: str, contract_id: str) -> str | None:
+    row = _HOT_SELECT_PROVIDER.first(store, {"requester_id": requester_id, "contract_id": contract_id})
     return None if row is None else row.provider_id
 
 
-def _record(conn: Connection, inbound: Inbound, digest: str, key: str, now: datetime, *, ack_id: str,
+def _record(store: _Store, inbound: Inbound, digest: str, key: str, now: datetime, *, ack_id: str,
             accepted: bool, transaction_name: str | None, requester_ref: str | None, provider_ref: str | None,
             incident_id: int | None, state_before: str | None, state_after: str | None, http_status: int,
             result: str, error_codes: list[str], document: bytes, timings: dict[str, float],
@@ -433,13 +463,13 @@ def _record(conn: Connection, inbound: Inbound, digest: str, key: str, now: date
     kept_timings = dict(timings)
     if duplicate_of:
         kept_timings["duplicate_of"] = duplicate_of  # type: ignore[assignment]
-    message_id = _HOT_INSERT_MESSAGE.insert(conn, dict(
+    message_id = _HOT_INSERT_MESSAGE.insert(store, dict(
         partner_id=inbound.partner_id, cert_fingerprint=inbound.fingerprint, received_at=now, body=inbound.body,
         digest=digest, idempotency_key=key[:200], transaction_name=_clip(transaction_name, 64),
         requester_ref=_clip(requester_ref, 64), incident_id=incident_id, accepted=accepted,
         state_before=state_before, state_after=state_after, ack_id=ack_id,
         timings=json.dumps(kept_timings)))
-    _HOT_INSERT_ACK.write(conn, dict(
+    _HOT_INSERT_ACK.write(store, dict(
         ack_id=ack_id, message_id=message_id, partner_id=inbound.partner_id, created_at=now,
         transaction_name=_clip(transaction_name, 64), requester_ref=_clip(requester_ref, 64),
         provider_ref=_clip(provider_ref, 64), result=result, http_status=http_status,
