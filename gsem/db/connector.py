@@ -20,7 +20,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from twisted.internet.interfaces import IReactorFromThreads
 
-from gsem.db.pool import DBThreadPool, WriterLock, run_in_transaction
+from gsem.db.pool import DBThreadPool, GroupCommitWriter, WriterLock, run_in_transaction
 from gsem.errors import GsemError
 
 __all__ = ["Database", "SchemaOutOfDate", "MIGRATIONS_DIR", "SQLITE_BUSY_TIMEOUT_MS"]
@@ -117,16 +117,19 @@ class Database:
         self.url = url
         self.engine, threads = _create_engine(url)
         writer_lock = None
+        # Group commit only on SQLite, which has one writer anyway: on PostgreSQL several
+        # threads (and nodes) each holding a batch's row locks until one commit could
+        # deadlock, and each thread already commits in parallel with the others.
+        self._writer: GroupCommitWriter | None = None
         if self.engine.dialect.name == "sqlite":
-            # Server processes sharing the file take turns through this lock (pool.py).
-            writer_lock = WriterLock(f"{self.engine.url.database}-writer.lock")
+            # Server processes sharing the file take turns through this lock (pool.py);
+            # the writer opens it for itself, so it and the pool exclude each other too.
+            lock_path = f"{self.engine.url.database}-writer.lock"
+            writer_lock = WriterLock(lock_path)
+            self._writer = GroupCommitWriter(self.engine, WriterLock(lock_path), reactor=reactor)
         self._pool = DBThreadPool(
             self.engine, threads=threads, name="gsem-db", reactor=reactor, writer_lock=writer_lock
         )
-        # Group commit only where there is one writer thread: on PostgreSQL several
-        # threads (and nodes) each holding a batch's row locks until one commit could
-        # deadlock, and each thread already commits in parallel with the others.
-        self._batching = self.engine.dialect.name == "sqlite"
 
     @property
     def dialect_name(self) -> str:
@@ -139,11 +142,15 @@ class Database:
     # -- lifecycle -----------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the thread pool used by :meth:`run`."""
+        """Start the thread pool used by :meth:`run` and the writer of :meth:`run_batched`."""
         self._pool.start()
+        if self._writer is not None:
+            self._writer.start()
 
     def stop(self) -> None:
         """Finish queued calls, stop the threads and close every pooled connection."""
+        if self._writer is not None:
+            self._writer.stop()
         self._pool.stop()
         self.engine.dispose()
 
@@ -159,16 +166,16 @@ class Database:
         return await self._pool.run(fn, *args, **kwargs)
 
     async def run_batched(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """:meth:`run`, with group commit on SQLite (``DBThreadPool.run_batched``).
+        """:meth:`run`, with group commit on SQLite (:class:`~gsem.db.pool.GroupCommitWriter`).
 
         ``fn`` may share its transaction with other calls queued at the same time, each
-        in its own SAVEPOINT; its result comes back only after the commit that holds its
-        changes.  Its exception undoes only its own changes; a failed commit reaches every
-        call of the batch, and then nothing of any of them was kept.  On PostgreSQL it is
-        :meth:`run`.
+        in its own SAVEPOINT, and runs on the reactor thread; its result comes back only
+        after the commit that holds its changes.  Its exception undoes only its own
+        changes; a failed commit reaches every call of the batch, and then nothing of any
+        of them was kept.  On PostgreSQL it is :meth:`run`.
         """
-        if self._batching:
-            return await self._pool.run_batched(fn, *args, **kwargs)
+        if self._writer is not None:
+            return await self._writer.submit(fn, *args, **kwargs)
         return await self._pool.run(fn, *args, **kwargs)
 
     def run_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
