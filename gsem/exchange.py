@@ -88,6 +88,26 @@ class _Store:
         self.error: Any = conn.dialect.loaded_dbapi.Error
 
 
+#: The last datetime a DATETIME parameter was formatted for, and its text.  Every stored
+#: time of one transaction is the same ``now``: SQLAlchemy's processor formats it once.
+_last_time: tuple[Any, Any] = (None, None)
+
+
+def _once_per_value(process: Any) -> Any:
+    """*process* (a DATETIME bind processor), run once for repeats of the same object."""
+
+    def formatted(value: Any) -> Any:
+        global _last_time
+        last = _last_time  # one read and one write of a tuple: safe between threads
+        if last[0] is value:
+            return last[1]
+        text = process(value)
+        _last_time = (value, text)
+        return text
+
+    return formatted
+
+
 def _getter(order: tuple[str, ...]) -> Any:
     """The values of *order* from a parameter dict, as a tuple."""
     if len(order) == 1:
@@ -122,9 +142,10 @@ class _Hot:
         binds = {bind.key: bind for bind in compiled.binds.values()}
         processors = []
         for index, name in enumerate(order):
-            process = binds[name].type.dialect_impl(dialect).bind_processor(dialect)
+            type_ = binds[name].type
+            process = type_.dialect_impl(dialect).bind_processor(dialect)
             if process is not None:
-                processors.append((index, process))
+                processors.append((index, _once_per_value(process) if isinstance(type_, sa.DateTime) else process))
         prepared = (compiled.string, _getter(order), tuple(processors))
         self._compiled[names] = prepared
         if self._row is None and self.statement.is_select:
