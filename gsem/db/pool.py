@@ -47,13 +47,15 @@ T = TypeVar("T")
 BATCH_MAX = 32
 
 _Call = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+#: What GroupCommitWriter's thread hands the reactor: a begun transaction, or why not.
+_Opened = tuple[sa.Connection | None, sa.RootTransaction | None, Failure | None]
 
 
 class WriterLock:
     """An exclusive ``flock`` on *path*, shared by every process that writes one database.
 
-    Used as a context manager around one transaction, or through :meth:`try_acquire`,
-    :meth:`acquire` and :meth:`release`; ``fcntl.flock`` releases the GIL while it waits.
+    Used as a context manager around one transaction, or through :meth:`acquire` and
+    :meth:`release`; ``fcntl.flock`` releases the GIL while it waits.
     Each instance opens the file for itself, and ``flock`` locks belong to an open file,
     so two instances exclude each other even within one process.  The lock file holds
     nothing and may be deleted while no server runs.
@@ -71,14 +73,6 @@ class WriterLock:
     def acquire(self) -> None:
         """Wait until the lock is ours."""
         fcntl.flock(self._descriptor(), fcntl.LOCK_EX)
-
-    def try_acquire(self) -> bool:
-        """Take the lock if nobody holds it; whether it is ours now."""
-        try:
-            fcntl.flock(self._descriptor(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        return True
 
     def release(self) -> None:
         """Let the next waiter have it."""
@@ -228,12 +222,12 @@ class GroupCommitWriter:
     """The SQLite group commit of a server's transactions, run on the reactor thread.
 
     A call is queued.  At the reactor's next turn (so that what was read in one turn shares
-    a batch) the writer takes the :class:`WriterLock` -- at once when it is free, otherwise
-    its thread waits for it while the reactor goes on serving -- and runs up to
-    :attr:`batch_max` queued calls in one transaction, each in its own SAVEPOINT
-    (:func:`run_calls`).  It then hands the COMMIT, which waits for the disk, to its
-    thread, which releases the lock after it; the batch is answered on the reactor thread
-    after that commit.  Calls queued meanwhile form the next batch.  A call's exception
+    a batch) the writer's thread takes the :class:`WriterLock` and begins a transaction,
+    waiting as long as another process writes while the reactor goes on serving.  The
+    reactor thread then runs up to :attr:`batch_max` queued calls in that transaction, each
+    in its own SAVEPOINT (:func:`run_calls`), and hands the COMMIT, which waits for the
+    disk, back to the thread, which releases the lock after it; the batch is answered on
+    the reactor thread after that commit.  Calls queued meanwhile form the next batch.  A call's exception
     undoes only its own changes; a failed BEGIN or COMMIT reaches every call of the batch,
     and then nothing of any of them was kept.
 
@@ -243,8 +237,7 @@ class GroupCommitWriter:
     Measured, a transaction held the database 1.75 ms for 1.1 ms of CPU, and the hand-offs
     to the thread and back cost CPU of their own.  Here no other thread of the process wants
     the interpreter while the calls run.  The price: the reactor does nothing else while a
-    batch's calls run (about 1 ms each), nor while SQLite waits for a write lock held by a
-    process that does not take the :class:`WriterLock` (the command line).
+    batch's calls run (about 1 ms each).
     """
 
     def __init__(self, engine: sa.Engine, lock: WriterLock, *, reactor: Any = None,
@@ -262,6 +255,8 @@ class GroupCommitWriter:
         # Batches committed (or failed) in the thread, waiting to be answered on the reactor.
         self._finished: deque[tuple[list[Deferred[Any]], list[tuple[bool, Any]]]] = deque()
         self._finished_lock = threading.Lock()
+        # A transaction begun by the thread for the next batch (guarded by _finished_lock).
+        self._opened: _Opened | None = None
         self._stopping = False
 
     @property
@@ -293,44 +288,56 @@ class GroupCommitWriter:
     def _turn(self) -> None:
         if self._stopping:
             return  # stop() runs what is queued
-        if not self._queue:
-            self._busy = False
-        elif self._lock.try_acquire():
-            self._holding = True
-            self._run_batch()
+        if self._queue:
+            self._thread.callInThread(self._open)
         else:
-            self._thread.callInThread(self._wait_for_lock)
+            self._busy = False
 
-    def _wait_for_lock(self) -> None:
-        """In the thread: wait while another process writes, then run the batch on the reactor."""
+    def _open(self) -> None:
+        """In the thread: take the writer lock and begin, then run the batch on the reactor.
+
+        Both waits happen here, for another worker's group commit and for SQLite's write
+        lock when a process that does not take the writer lock (the command line) holds
+        it, so the reactor serves meanwhile.
+        """
         self._lock.acquire()
         self._holding = True
+        conn: sa.Connection | None = None
+        try:
+            conn = self.engine.connect()
+            opened: _Opened = (conn, conn.begin(), None)
+        except Exception:
+            failure = Failure()
+            if conn is not None:
+                conn.invalidate()
+                conn.close()
+            opened = (None, None, failure)
+        with self._finished_lock:
+            self._opened = opened
         self._reactor.callFromThread(self._granted)
 
     def _granted(self) -> None:
-        if not self._stopping:
-            self._run_batch()
-
-    def _run_batch(self) -> None:
-        """On the reactor thread, with the lock: run one batch's calls, then commit in the thread."""
+        """On the reactor thread, with the locks: run one batch's calls, then commit in the thread."""
+        with self._finished_lock:
+            opened, self._opened = self._opened, None
+        if opened is None:
+            return  # stop() took it
+        conn, transaction, failure = opened
         batch = [self._queue.popleft() for _ in range(min(self.batch_max, len(self._queue)))]
         deferreds = [d for _, d in batch]
-        try:
-            conn = self.engine.connect()
+        if conn is not None and transaction is not None:
             try:
-                transaction = conn.begin()
                 outcomes = run_calls(conn, [call for call, _ in batch])
             except BaseException:
-                conn.invalidate()  # closed, which rolls back whatever was begun
+                conn.invalidate()  # closed, which rolls back whatever was written
                 conn.close()
+                self._release()
                 raise
-        except Exception:
-            failure = Failure()
-            self._release()
-            self._finish(deferreds, [(False, failure)] * len(batch))
-            self._answer_finished()
+            self._thread.callInThread(self._commit, conn, transaction, deferreds, outcomes)
             return
-        self._thread.callInThread(self._commit, conn, transaction, deferreds, outcomes)
+        self._release()
+        self._finish(deferreds, [(False, failure)] * len(batch))
+        self._answer_finished()
 
     def _commit(self, conn: sa.Connection, transaction: sa.RootTransaction, deferreds: list[Deferred[Any]],
                 outcomes: list[tuple[bool, Any]]) -> None:
@@ -381,6 +388,10 @@ class GroupCommitWriter:
             # A wait for the lock ends with the lock ours; a commit under way finishes.
             self._thread.stop()
         self._answer_finished()
+        with self._finished_lock:
+            opened, self._opened = self._opened, None
+        if opened is not None and opened[0] is not None:
+            opened[0].close()  # begun, nothing written yet: rolled back
         if self._queue and not self._holding:
             self._lock.acquire()
             self._holding = True

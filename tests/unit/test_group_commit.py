@@ -7,6 +7,7 @@ as another worker process would, until it has queued them all.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -112,6 +113,24 @@ async def test_the_reactor_goes_on_while_another_process_holds_the_database(data
     other.release()
     assert await waiting == "LATE"
     other.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_reactor_goes_on_while_the_command_line_holds_sqlites_write_lock(database: Database) -> None:
+    """A process that takes SQLite's write lock without the writer lock (the CLI) does not stall the reactor."""
+    cli = sqlite3.connect(database.engine.url.database, isolation_level=None, check_same_thread=False)
+    cli.execute("BEGIN IMMEDIATE")
+    safety = threading.Timer(3.0, cli.execute, ("COMMIT",))
+    safety.start()
+    started = time.monotonic()
+    waiting = _submit(database, _add("AFTER-CLI"))
+    for _ in range(5):
+        await deferLater(reactor, 0.02, lambda: None)
+    assert time.monotonic() - started < 2.0 and not waiting.called
+    safety.cancel()
+    cli.execute("COMMIT")
+    assert await waiting == "AFTER-CLI"
+    cli.close()
 
 
 @pytest_twisted.ensureDeferred
