@@ -8,8 +8,8 @@ exactly that part, without network or threads: whole 2 KB lifecycles (the benchm
 documents, ``bench/run.py``) for 32 incidents at a time, each step of the 32 as one group
 commit (``gsem.db.pool.run_batch`` of ``decide_and_store``, as the hub's writer runs a
 batch), on a fresh SQLite file with the hub's settings.  What ``Exchange.receive`` does
-before the database (inspect, the forwarded document's template, the matrix precheck)
-is done first, untimed.
+before the database (inspect, the forwarded document's template, the matrix precheck,
+``Prepared.of``) is done first, untimed.
 
 It prints the database thread's CPU time and wall time per transaction; ``--profile``
 adds cProfile's top functions (which roughly doubles the times).
@@ -37,7 +37,7 @@ import run as bench  # noqa: E402
 from gsem.config import load_config  # noqa: E402
 from gsem.db.connector import Database  # noqa: E402
 from gsem.db.pool import run_batch  # noqa: E402
-from gsem.exchange import Inbound, decide_and_store  # noqa: E402
+from gsem.exchange import Inbound, Prepared, decide_and_store  # noqa: E402
 from gsem.incident import ForwardTemplate  # noqa: E402
 from gsem.pki import fingerprint_sha256  # noqa: E402
 from gsem.validation import DocumentValidator  # noqa: E402
@@ -67,8 +67,9 @@ def prepare_batches(data_dir: Path, rounds: int) -> tuple[Database, list[list[An
                 inspection = validator.inspect(body)
                 forward = ForwardTemplate.prepare(body)
                 validator.precheck_matrix(inspection)
-                calls.append((lambda conn, i=inspection, b=inbound, f=forward:
-                              decide_and_store(conn, b, i, validator, {}, f), (), {}))
+                prepared = Prepared.of(inbound, inspection)
+                calls.append((lambda conn, i=inspection, b=inbound, f=forward, p=prepared:
+                              decide_and_store(conn, b, i, validator, {}, f, p), (), {}))
             batches.append(calls)
     return Database(config.database_url), batches
 

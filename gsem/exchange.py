@@ -14,7 +14,7 @@ import json
 import operator
 import time
 from collections import namedtuple
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,7 +32,7 @@ from gsem.incident import ForwardTemplate, forwarded_document, incident_for_quer
 from gsem.validation import DocumentValidator, Inspection, check_state
 from transactions import registry
 
-__all__ = ["Inbound", "Outcome", "Exchange", "decide_and_store", "contract_id_of"]
+__all__ = ["Inbound", "Outcome", "Prepared", "Exchange", "decide_and_store", "contract_id_of"]
 
 log = Logger()
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True)
@@ -243,6 +243,57 @@ def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """What :func:`decide_and_store` needs that no stored state decides, worked out before.
+
+    :meth:`of` runs before the database transaction (in the listener's thread, while other
+    transactions hold the database), so the transaction itself does less.  The texts are
+    the document's after :meth:`~gsem.validation.DocumentValidator.precheck_matrix`, as
+    the decision reads them; :func:`decide_and_store` reads them again when the matrix it
+    applies drops elements.
+    """
+
+    digest: str  # hex SHA-256 of the body
+    key: str  # the idempotency key: the partner's, else the digest
+    ack_id: str  # the id of the acknowledgement that will answer the request
+    received_at: datetime  # ``inbound.received_at`` in UTC, as the acknowledgement says it
+    requester_ref: str | None  # RequesterID
+    provider_ref: str | None  # ProviderID
+    contract: str | None  # AGREEMENT/ContractID as sent
+    problem: bool  # whether the document has a PROBLEM
+
+    @classmethod
+    def of(cls, inbound: Inbound, inspection: Inspection) -> Prepared:
+        """What can be prepared for *inbound*, whose validation is *inspection*."""
+        digest = hashlib.sha256(inbound.body).hexdigest()
+        return cls(digest=digest, key=inbound.idempotency_key or digest, ack_id=new_ulid(),
+                   received_at=inbound.received_at.replace(tzinfo=UTC), **_texts(inspection))
+
+
+def _texts(inspection: Inspection) -> dict[str, Any]:
+    """The document's texts that :class:`Prepared` keeps."""
+    root = inspection.root
+    if root is None:
+        return dict(requester_ref=None, provider_ref=None, contract=None, problem=False)
+    return dict(requester_ref=inspection.text("RequesterID"), provider_ref=inspection.text("ProviderID"),
+                contract=root.findtext("AGREEMENT/ContractID"), problem=root.find("PROBLEM") is not None)
+
+
+def _apply_matrix(validator: DocumentValidator, inspection: Inspection, spec: TransactionSpec,
+                  prepared: Prepared) -> Prepared:
+    """Apply *spec*'s matrix; *prepared*, with its texts read again if that dropped elements.
+
+    The matrix only drops children of the root (the elements *spec* does not use); when it
+    drops none, what was read before still holds.
+    """
+    root = inspection.root
+    assert root is not None
+    children = len(root)
+    validator.apply_matrix(inspection, spec)
+    return prepared if len(root) == children else replace(prepared, **_texts(inspection))
+
+
 @dataclass
 class _Found:
     incident: Any | None = None  # a row of model.incidents
@@ -250,12 +301,10 @@ class _Found:
     problems: list[Problem] = field(default_factory=list)
 
 
-def _find_incident(store: _Store, inbound: Inbound, inspection: Inspection) -> _Found:
+def _find_incident(store: _Store, inbound: Inbound, name: str, prepared: Prepared) -> _Found:
     """Which incident the document addresses, and in which role the partner sends it (SPEC §2)."""
-    requester_ref = inspection.text("RequesterID")
-    provider_ref = inspection.text("ProviderID")
-    name = inspection.transaction_name
-    assert name is not None
+    requester_ref = prepared.requester_ref
+    provider_ref = prepared.provider_ref
     if requester_ref is None:
         return _Found()  # missing-mandatory is reported by the matrix
     rows = _HOT_SELECT_BY_REF.rows(store, {"requester_ref": requester_ref})
@@ -300,19 +349,22 @@ def _find_incident(store: _Store, inbound: Inbound, inspection: Inspection) -> _
 
 def decide_and_store(conn: Connection, inbound: Inbound, inspection: Inspection,
                      validator: DocumentValidator, timings: dict[str, float],
-                     forward: ForwardTemplate | None = None) -> Outcome:
+                     forward: ForwardTemplate | None = None, prepared: Prepared | None = None) -> Outcome:
     """Everything that depends on stored state, and the one commit that records it.
 
     Runs in the database thread inside a transaction (``Database.run``).  Returns the
     acknowledgement to send; raises only when the database fails (then nothing is kept).
     *forward*, when given, is ``inbound.body`` prepared for forwarding
-    (:class:`~gsem.incident.ForwardTemplate`): less work while the database is held.
+    (:class:`~gsem.incident.ForwardTemplate`), and *prepared* is :meth:`Prepared.of`
+    *inbound*: less work while the database is held.
     """
     started = time.perf_counter()
-    digest = hashlib.sha256(inbound.body).hexdigest()
-    key = inbound.idempotency_key or digest
-    now = _now()
+    if prepared is None:
+        prepared = Prepared.of(inbound, inspection)
     store = _Store(conn)
+    digest = prepared.digest
+    key = prepared.key
+    now = _now()
 
     _wait_for_same_key(conn, inbound.partner_id, key)
     known = _HOT_SELECT_KEY.first(store, {"partner_id": inbound.partner_id, "key": key})
@@ -320,7 +372,7 @@ def decide_and_store(conn: Connection, inbound: Inbound, inspection: Inspection,
         original = known
         assert original.document is not None, f"acknowledgement {known.ack_id} of a kept key is missing"
         replay = mark_duplicate(original.document)
-        _record(store, inbound, digest, key, now, ack_id=new_ulid(), accepted=False, transaction_name=original.transaction_name,
+        _record(store, inbound, prepared, now, accepted=False, transaction_name=original.transaction_name,
                 requester_ref=original.requester_ref, provider_ref=original.provider_ref, incident_id=None,
                 state_before=None, state_after=original.state_after, http_status=original.http_status,
                 result="Yes", error_codes=[], document=replay, timings=timings, duplicate_of=known.ack_id)
@@ -328,9 +380,9 @@ def decide_and_store(conn: Connection, inbound: Inbound, inspection: Inspection,
                                                      "transaction": original.transaction_name,
                                                      "requester_id": original.requester_ref})
 
-    ack = Acknowledgement(ack_id=new_ulid(), received_at=inbound.received_at.replace(tzinfo=UTC), digest=digest,
+    ack = Acknowledgement(ack_id=prepared.ack_id, received_at=prepared.received_at, digest=digest,
                           transaction_name=inspection.transaction_name,
-                          requester_ref=inspection.text("RequesterID"), provider_ref=inspection.text("ProviderID"),
+                          requester_ref=prepared.requester_ref, provider_ref=prepared.provider_ref,
                           errors=list(inspection.errors), warnings=list(inspection.warnings))
     if known is not None:
         ack.errors = [Problem(AckCode.IDEMPOTENCY_CONFLICT,
@@ -344,13 +396,14 @@ def decide_and_store(conn: Connection, inbound: Inbound, inspection: Inspection,
     new_document: etree._Element | None = None
     recipient: str | None = None
     provider_id: str | None = None
+    texts = prepared  # the document's texts, as the matrix left them
     if inspection.root is not None and inspection.transaction_name and registry.specs_named(inspection.transaction_name):
         name = inspection.transaction_name
         if name == "Service_Request":
             spec = registry.find(name, Role.REQUESTER)
             assert spec is not None
-            validator.apply_matrix(inspection, spec)
-            contract = inspection.root.findtext("AGREEMENT/ContractID")
+            texts = _apply_matrix(validator, inspection, spec, prepared)
+            contract = texts.contract
             if contract:
                 provider_id = _provider_for(store, inbound.partner_id, contract_id_of(contract))
                 if provider_id is None:
@@ -358,7 +411,7 @@ def decide_and_store(conn: Connection, inbound: Inbound, inspection: Inspection,
                         AckCode.NOT_AUTHORIZED,
                         f"no agreement lets {inbound.partner_id} pass calls under contract {contract_id_of(contract)!r}",
                         "/SERVICE_INCIDENT/AGREEMENT/ContractID"))
-            ref = inspection.text("RequesterID")
+            ref = texts.requester_ref
             exists = ref is not None and _HOT_SELECT_OWN_REF.first(
                 store, {"requester_id": inbound.partner_id, "requester_ref": ref})
             inspection.errors.extend(check_state(spec, IncidentFacts(State.BEGINNING if exists else None)))
@@ -366,20 +419,20 @@ def decide_and_store(conn: Connection, inbound: Inbound, inspection: Inspection,
                 inspection.errors.extend(_unaddressable(store, provider_id, ref))
             recipient = provider_id
         else:
-            found = _find_incident(store, inbound, inspection)
+            found = _find_incident(store, inbound, name, prepared)
             inspection.errors.extend(found.problems)
             if found.incident is not None and found.role is not None:
                 incident = found.incident
                 spec = registry.find(name, found.role)
                 assert spec is not None
-                validator.apply_matrix(inspection, spec)
+                texts = _apply_matrix(validator, inspection, spec, prepared)
                 state_before = State(incident.state)
                 inspection.errors.extend(check_state(
                     spec, IncidentFacts(state_before, incident.problem_with_request)))
                 recipient = incident.provider_id if found.role is Role.REQUESTER else incident.requester_id
         ack.errors = (ack.errors[:1] if known is not None else []) + list(inspection.errors)
         ack.warnings = list(inspection.warnings)
-        ack.provider_ref = inspection.text("ProviderID") or (incident.provider_ref if incident is not None else None)
+        ack.provider_ref = texts.provider_ref or (incident.provider_ref if incident is not None else None)
 
     if ack.accepted:
         assert spec is not None and inspection.root is not None
@@ -403,8 +456,7 @@ def decide_and_store(conn: Connection, inbound: Inbound, inspection: Inspection,
             incident_id = _HOT_INSERT_INCIDENT.insert(store, dict(
                 requester_id=inbound.partner_id, provider_id=provider_id, requester_ref=ack.requester_ref,
                 provider_ref=None, state=new_state.value, document=document_bytes,
-                problem_with_request=inspection.root.find("PROBLEM") is not None, version=1,
-                created_at=now, updated_at=now))
+                problem_with_request=texts.problem, version=1, created_at=now, updated_at=now))
         else:
             values: dict[str, Any] = dict(incident_id=incident.id, state=new_state.value, document=document_bytes,
                                           updated_at=now, version=incident.version + 1)
@@ -413,16 +465,19 @@ def decide_and_store(conn: Connection, inbound: Inbound, inspection: Inspection,
             _HOT_UPDATE_INCIDENT.write(store, values)
 
     document = ack.to_bytes()
+    http_status = ack.http_status
+    error_codes = ack.error_codes
+    result = "Yes" if ack.accepted else "No"
     timings["decide_ms"] = round((time.perf_counter() - started) * 1000, 3)
-    message_id = _record(store, inbound, digest, key, now, ack_id=ack.ack_id, accepted=ack.accepted,
+    message_id = _record(store, inbound, prepared, now, accepted=ack.accepted,
                          transaction_name=ack.transaction_name, requester_ref=ack.requester_ref,
                          provider_ref=ack.provider_ref, incident_id=incident_id,
                          state_before=state_before.value if state_before else None, state_after=ack.current_state,
-                         http_status=ack.http_status, result="Yes" if ack.accepted else "No",
-                         error_codes=ack.error_codes, document=document, timings=timings)
+                         http_status=http_status, result=result, error_codes=error_codes, document=document,
+                         timings=timings)
     if ack.accepted:
         _HOT_INSERT_KEY.write(store, dict(partner_id=inbound.partner_id, key=key, digest=digest,
-                                       ack_id=ack.ack_id, created_at=now))
+                                        ack_id=ack.ack_id, created_at=now))
         if spec is not None and spec.name != "Query_Incident" and recipient is not None:
             _HOT_INSERT_DELIVERY.write(store, dict(
                 message_id=message_id, incident_id=incident_id, recipient_id=recipient, state="pending",
@@ -430,8 +485,8 @@ def decide_and_store(conn: Connection, inbound: Inbound, inspection: Inspection,
                 document=forward.render(state=ack.current_state, provider_ref=ack.provider_ref) if forward
                 else forwarded_document(inbound.body, state=ack.current_state, provider_ref=ack.provider_ref),
                 attempts=0, next_attempt_at=now, created_at=now, updated_at=now))
-    return Outcome(ack.http_status, document, {
-        "result": "Yes" if ack.accepted else "No", "transaction": ack.transaction_name,
+    return Outcome(http_status, document, {
+        "result": result, "transaction": ack.transaction_name,
         "requester_id": ack.requester_ref, "provider_id": ack.provider_ref, "state": ack.current_state,
         "errors": [{"code": p.code.code, "path": p.path} for p in ack.errors], "ack_id": ack.ack_id})
 
@@ -475,8 +530,7 @@ def _provider_for(store: _Store, requester_id: str, contract_id: str) -> str | N
     return None if row is None else row.provider_id
 
 
-def _record(store: _Store, inbound: Inbound, digest: str, key: str, now: datetime, *, ack_id: str,
-            accepted: bool, transaction_name: str | None, requester_ref: str | None, provider_ref: str | None,
+def _record(store: _Store, inbound: Inbound, prepared: Prepared, now: datetime, *, accepted: bool, transaction_name: str | None, requester_ref: str | None, provider_ref: str | None,
             incident_id: int | None, state_before: str | None, state_after: str | None, http_status: int,
             result: str, error_codes: list[str], document: bytes, timings: dict[str, float],
             duplicate_of: str | None = None) -> int:
@@ -486,12 +540,12 @@ def _record(store: _Store, inbound: Inbound, digest: str, key: str, now: datetim
         kept_timings["duplicate_of"] = duplicate_of  # type: ignore[assignment]
     message_id = _HOT_INSERT_MESSAGE.insert(store, dict(
         partner_id=inbound.partner_id, cert_fingerprint=inbound.fingerprint, received_at=now, body=inbound.body,
-        digest=digest, idempotency_key=key[:200], transaction_name=_clip(transaction_name, 64),
+        digest=prepared.digest, idempotency_key=prepared.key[:200], transaction_name=_clip(transaction_name, 64),
         requester_ref=_clip(requester_ref, 64), incident_id=incident_id, accepted=accepted,
-        state_before=state_before, state_after=state_after, ack_id=ack_id,
+        state_before=state_before, state_after=state_after, ack_id=prepared.ack_id,
         timings=json.dumps(kept_timings)))
     _HOT_INSERT_ACK.write(store, dict(
-        ack_id=ack_id, message_id=message_id, partner_id=inbound.partner_id, created_at=now,
+        ack_id=prepared.ack_id, message_id=message_id, partner_id=inbound.partner_id, created_at=now,
         transaction_name=_clip(transaction_name, 64), requester_ref=_clip(requester_ref, 64),
         provider_ref=_clip(provider_ref, 64), result=result, http_status=http_status,
         error_codes=("," + ",".join(error_codes) + ",") if error_codes else "",
@@ -525,13 +579,14 @@ class Exchange:
             # with several workers, the database itself) is what transactions queue for.
             forward = ForwardTemplate.prepare(inbound.body) if inspection.accepted else None
             self.validator.precheck_matrix(inspection)
+            prepared = Prepared.of(inbound, inspection)
             timings["validate_ms"] = round((time.perf_counter() - started) * 1000, 3)
             try:
                 # Group commit: on SQLite this transaction may share its commit with
                 # others queued at the same moment; the outcome arrives after that commit.
                 outcome = await self.database.run_batched(
-                    lambda conn, i=inspection, f=forward: decide_and_store(conn, inbound, i, self.validator,
-                                                                           timings, f))
+                    lambda conn, i=inspection, f=forward, p=prepared: decide_and_store(
+                        conn, inbound, i, self.validator, timings, f, p))
                 break
             except IntegrityError:
                 # Lost a race on a unique key (the same idempotency key or RequesterID on

@@ -1,7 +1,8 @@
 """What ``decide_and_store`` writes through its hot statements (gsem.exchange).
 
-The hot path runs its statements on SQLite's own connection and formats each
-transaction's time once; what it stores must still be what SQLAlchemy would store.
+The hot path runs its statements on SQLite's own connection, formats each transaction's
+time once, and reads the document's ids before the transaction (``Prepared``); what it
+stores must still be what SQLAlchemy and the decision inside the transaction would store.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from lxml import etree
 
 from gsem.db import model, partners
 from gsem.db.connector import Database
 from gsem.db.pool import run_batch
-from gsem.exchange import Inbound, Outcome, decide_and_store
+from gsem.exchange import Inbound, Outcome, Prepared, decide_and_store
 from gsem.incident import ForwardTemplate
 from gsem.validation import DocumentValidator
 
@@ -52,13 +54,16 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> list[dt.datetime]:
     return times
 
 
-def _call(validator: DocumentValidator, partner: str, body: bytes) -> object:
-    """One call of a group commit, prepared as ``Exchange.receive`` prepares it."""
+def _call(validator: DocumentValidator, partner: str, body: bytes, *, prepare: bool = True) -> object:
+    """One call of a group commit, prepared as ``Exchange.receive`` prepares it (or not at all)."""
     inbound = Inbound(partner_id=partner, fingerprint="f" * 64, body=body, received_at=RECEIVED)
     inspection = validator.inspect(body)
+    if not prepare:
+        return lambda conn: decide_and_store(conn, inbound, inspection, validator, {})
     forward = ForwardTemplate.prepare(body)
     validator.precheck_matrix(inspection)
-    return lambda conn: decide_and_store(conn, inbound, inspection, validator, {}, forward)
+    prepared = Prepared.of(inbound, inspection)
+    return lambda conn: decide_and_store(conn, inbound, inspection, validator, {}, forward, prepared)
 
 
 def _commit(db: Database, *calls: object) -> list[Outcome]:
@@ -117,3 +122,55 @@ def test_each_call_of_a_group_commit_keeps_its_own_time(db: Database, validator:
                             .order_by(model.incidents.c.id)).all()
     assert [tuple(row) for row in rows] == [("ACME-INC-20931", first, first), ("ACME-INC-20932", second, second),
                                            ("ACME-INC-20933", first, first)]
+
+
+@pytest.mark.parametrize("prepare", [True, False], ids=["prepared", "decided inside"])
+def test_what_the_matrix_drops_is_not_acknowledged(db: Database, validator: DocumentValidator,
+                                                   prepare: bool) -> None:
+    """A Service_Request's ProviderID (not in its matrix) is ignored, prepared before or not."""
+    body = LIFECYCLE[0].read_bytes().replace(b"</RequesterID>", b"</RequesterID><ProviderID>GX-1</ProviderID>")
+    [outcome] = _commit(db, _call(validator, "ACME", body, prepare=prepare))
+    ack = etree.fromstring(outcome.document)
+    assert ack.findtext("Acknowledge") == "Yes"
+    assert ack.find("ProviderID").text is None
+    assert [w.get("code") for w in ack.findall("WARNING")] == ["ignored-element"]
+    assert outcome.log_fields["provider_id"] is None
+    with db.engine.connect() as conn:
+        assert conn.execute(sa.select(model.incidents.c.provider_ref)).scalar_one() is None
+
+
+def test_preparing_outside_stores_what_deciding_inside_stores(tmp_path: Path, validator: DocumentValidator,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A whole lifecycle, prepared before each transaction or not, stores the same rows."""
+    monkeypatch.setattr("gsem.exchange._now", lambda: dt.datetime(2026, 11, 22, 8, 3, 42))
+    senders = ["ACME", "GLOBEX", "ACME", "GLOBEX", "GLOBEX", "ACME", "GLOBEX", "ACME", "ACME"]
+    stored = []
+    for prepare in (True, False):
+        database = Database(f"sqlite:///{tmp_path / f'{prepare}.db'}")
+        database.upgrade()
+        database.run_sync(partners.add_partner, "ACME", "Acme")
+        database.run_sync(partners.add_partner, "GLOBEX", "Globex")
+        database.run_sync(partners.add_agreement, "ACME", "GLOBEX", "C-100")
+        for sender, path in zip(senders, LIFECYCLE, strict=True):
+            [outcome] = _commit(database, _call(validator, sender, path.read_bytes(), prepare=prepare))
+            assert outcome.log_fields["result"] == "Yes", path.name
+        rows = {}
+        with database.engine.connect() as conn:
+            for table in ("incidents", "messages", "acknowledgements", "idempotency_keys", "deliveries"):
+                columns = [c for c in model.metadata.tables[table].c if c.name not in ("ack_id", "timings")]
+                found = conn.execute(sa.select(*columns).order_by(*model.metadata.tables[table].primary_key)).all()
+                rows[table] = [tuple(r) for r in found]
+        database.engine.dispose()
+        for table in ("messages", "acknowledgements"):
+            assert len(rows[table]) == len(LIFECYCLE)
+        # The acknowledgements differ only by their ids.
+        rows["acknowledgements"] = [tuple(etree.tostring(_without_id(v)) if isinstance(v, bytes) else v for v in r)
+                                    for r in rows["acknowledgements"]]
+        stored.append(rows)
+    assert stored[0] == stored[1]
+
+
+def _without_id(document: bytes) -> etree._Element:
+    root = etree.fromstring(document)
+    root.find("AckID").text = "-"
+    return root
