@@ -28,7 +28,13 @@ from gsem.contract import IncidentFacts, Role, State, TransactionSpec
 from gsem.db import model
 from gsem.errors import AckCode, Problem
 from gsem.ids import new_ulid
-from gsem.incident import ForwardTemplate, forwarded_document, incident_for_query, merge_into
+from gsem.incident import (
+    ForwardTemplate,
+    forwarded_document,
+    incident_for_query,
+    merge_stored_parts,
+    stored_parts,
+)
 from gsem.validation import DocumentValidator, Inspection, check_state
 from transactions import registry
 
@@ -248,10 +254,10 @@ class Prepared:
     """What :func:`decide_and_store` needs that no stored state decides, worked out before.
 
     :meth:`of` runs before the database transaction (in the listener's thread, while other
-    transactions hold the database), so the transaction itself does less.  The texts are
-    the document's after :meth:`~gsem.validation.DocumentValidator.precheck_matrix`, as
-    the decision reads them; :func:`decide_and_store` reads them again when the matrix it
-    applies drops elements.
+    transactions hold the database), so the transaction itself does less.  The texts and
+    parts are the document's after :meth:`~gsem.validation.DocumentValidator.precheck_matrix`,
+    as the decision reads them; :func:`decide_and_store` reads them again when the matrix
+    it applies drops elements.
     """
 
     digest: str  # hex SHA-256 of the body
@@ -262,13 +268,20 @@ class Prepared:
     provider_ref: str | None  # ProviderID
     contract: str | None  # AGREEMENT/ContractID as sent
     problem: bool  # whether the document has a PROBLEM
+    #: What the incident keeps of the document (:func:`~gsem.incident.stored_parts`), when
+    #: it may be merged; the merge moves them into the incident.
+    parts: list[etree._Element] | None = None
 
     @classmethod
     def of(cls, inbound: Inbound, inspection: Inspection) -> Prepared:
         """What can be prepared for *inbound*, whose validation is *inspection*."""
         digest = hashlib.sha256(inbound.body).hexdigest()
+        root = inspection.root
+        parts = None
+        if root is not None and inspection.accepted and inspection.transaction_name != "Query_Incident":
+            parts = stored_parts(root)
         return cls(digest=digest, key=inbound.idempotency_key or digest, ack_id=new_ulid(),
-                   received_at=inbound.received_at.replace(tzinfo=UTC), **_texts(inspection))
+                   received_at=inbound.received_at.replace(tzinfo=UTC), parts=parts, **_texts(inspection))
 
 
 def _texts(inspection: Inspection) -> dict[str, Any]:
@@ -291,7 +304,7 @@ def _apply_matrix(validator: DocumentValidator, inspection: Inspection, spec: Tr
     assert root is not None
     children = len(root)
     validator.apply_matrix(inspection, spec)
-    return prepared if len(root) == children else replace(prepared, **_texts(inspection))
+    return prepared if len(root) == children else replace(prepared, parts=None, **_texts(inspection))
 
 
 @dataclass
@@ -444,7 +457,8 @@ def decide_and_store(conn: Connection, inbound: Inbound, inspection: Inspection,
         else:
             # A tree parsed here for this transaction alone: merged into in place.
             current = None if incident is None else etree.fromstring(incident.document, _PARSER)
-            new_document = merge_into(current, inspection.root)
+            parts = texts.parts if texts.parts is not None else stored_parts(inspection.root)
+            new_document = merge_stored_parts(current, parts)
     elif incident is not None:
         ack.current_state = incident.state
 

@@ -13,8 +13,8 @@ from lxml import etree
 
 from gsem.xmlsafe import escape_text
 
-__all__ = ["APPENDED", "apply_transaction", "merge_into", "incident_for_query", "forwarded_document",
-           "ForwardTemplate"]
+__all__ = ["APPENDED", "apply_transaction", "merge_into", "stored_parts", "merge_stored_parts",
+           "incident_for_query", "forwarded_document", "ForwardTemplate"]
 
 #: Entries appended to the incident's history rather than replaced.
 APPENDED = frozenset({"ACTIVITY", "SOLUTION", "ATTACHMENT"})
@@ -33,20 +33,37 @@ def merge_into(incident: etree._Element | None, document: etree._Element) -> etr
     *incident* is a stored incident, which holds no stray whitespace already, so only what
     *document* brings in is tidied.  *document* is not changed.
     """
-    result = etree.Element("SERVICE_INCIDENT") if incident is None else incident
+    return merge_stored_parts(incident, stored_parts(document))
+
+
+def stored_parts(document: etree._Element) -> list[etree._Element]:
+    """What an incident keeps of *document*: tidied copies of its children, in order.
+
+    Independent of the stored incident, so it can be made before the database transaction;
+    :func:`merge_stored_parts` then moves the copies into the incident.
+    """
+    parts = []
     for child in document:
         if child.tag in NOT_STORED:
             continue
-        replacement = copy.deepcopy(child)
-        _tidy(replacement)
-        if child.tag in APPENDED:
-            result.append(replacement)
+        part = child.__copy__()  # lxml copies the whole subtree, as copy.deepcopy would
+        _tidy(part)
+        parts.append(part)
+    return parts
+
+
+def merge_stored_parts(incident: etree._Element | None, parts: list[etree._Element]) -> etree._Element:
+    """:func:`merge_into` of the document whose :func:`stored_parts` *parts* are; moves them in."""
+    result = etree.Element("SERVICE_INCIDENT") if incident is None else incident
+    for part in parts:
+        if part.tag in APPENDED:
+            result.append(part)
             continue
-        existing = result.find(child.tag)
+        existing = result.find(part.tag)
         if existing is None:
-            result.append(replacement)
+            result.append(part)
         else:
-            existing.getparent().replace(existing, replacement)
+            existing.getparent().replace(existing, part)
     if len(result):
         result.text = None
     return result

@@ -1,8 +1,9 @@
 """How a transaction changes a stored incident, and what is forwarded (gsem.incident).
 
-The hot path uses :func:`merge_into` and :class:`ForwardTemplate`, the faster forms of
-:func:`apply_transaction` and :func:`forwarded_document`; these tests hold them to the
-same output, byte for byte, on every lifecycle fixture and on awkward documents.
+The hot path uses :func:`stored_parts` (before the transaction), :func:`merge_stored_parts`
+and :class:`ForwardTemplate`, the faster forms of :func:`apply_transaction` and
+:func:`forwarded_document`; these tests hold them to the same output, byte for byte, and
+to SPEC §4.2 spelled out, on every lifecycle fixture and on awkward documents.
 """
 
 from __future__ import annotations
@@ -15,7 +16,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from lxml import etree
 
-from gsem.incident import ForwardTemplate, apply_transaction, forwarded_document, merge_into
+from gsem.incident import (
+    ForwardTemplate,
+    apply_transaction,
+    forwarded_document,
+    merge_into,
+    merge_stored_parts,
+    stored_parts,
+)
 
 FIXTURES = sorted((Path(__file__).resolve().parents[1] / "fixtures" / "lifecycle").glob("*.xml"))
 STATES = ["Beginning", "Entitled", "Accepted", "Information_Requested", "Resolved", "Closed"]
@@ -43,6 +51,67 @@ def test_merge_into_stores_what_apply_transaction_stores_over_a_whole_lifecycle(
         assert etree.tostring(document) == before, "the transaction's document must not change"
     assert stored is not None and b"\n" not in stored, "a stored incident holds no stray whitespace"
     assert stored.count(b"<ACTIVITY>") >= 3, "ACTIVITY entries are appended, not replaced"
+
+
+def _merged_as_specified(incident: etree._Element | None, document: etree._Element) -> etree._Element:
+    """SPEC §4.2 spelled out: each child copied without whitespace; appended or replacing its kind."""
+    result = etree.Element("SERVICE_INCIDENT") if incident is None else copy.deepcopy(incident)
+    for child in document:
+        if child.tag in ("TransactionName", "CurrentState", "Acknowledge"):
+            continue
+        kept = copy.deepcopy(child)
+        for node in kept.iter():
+            if len(node):
+                node.text = None
+            node.tail = None
+        existing = None if child.tag in ("ACTIVITY", "SOLUTION", "ATTACHMENT") else result.find(child.tag)
+        if existing is None:
+            result.append(kept)
+        else:
+            result.replace(existing, kept)
+    if len(result):
+        result.text = None
+    return result
+
+
+MERGED = {
+    "whitespace everywhere": b"<SERVICE_INCIDENT>\n <RequesterID> R1 </RequesterID>\n <ACTIVITY>\n  <ActionLog>a\n"
+                             b"</ActionLog>\n </ACTIVITY> tail\n <Comment>c</Comment>\n</SERVICE_INCIDENT>",
+    "the same scalar twice": b"<SERVICE_INCIDENT><Comment>one</Comment><Comment>two</Comment></SERVICE_INCIDENT>",
+    "hub-set elements": b"<SERVICE_INCIDENT><TransactionName>X</TransactionName><CurrentState>S</CurrentState>"
+                        b"<Acknowledge>Yes</Acknowledge><Comment>kept</Comment></SERVICE_INCIDENT>",
+    "appended entries": b"<SERVICE_INCIDENT><SOLUTION><Text>s</Text></SOLUTION><ATTACHMENT><N>1</N></ATTACHMENT>"
+                        b"<ACTIVITY><ActionLog>again</ActionLog></ACTIVITY><SOLUTION><Text>t</Text></SOLUTION>"
+                        b"<ATTACHMENT><N>2</N></ATTACHMENT></SERVICE_INCIDENT>",
+    "mixed content and attributes": b'<SERVICE_INCIDENT><Comment a="1">x<b>y</b>z</Comment></SERVICE_INCIDENT>',
+    "nothing": b"<SERVICE_INCIDENT>\n</SERVICE_INCIDENT>",
+}
+
+
+@pytest.mark.parametrize("body", MERGED.values(), ids=MERGED.keys())
+def test_parts_prepared_before_merge_as_specified(body: bytes) -> None:
+    """stored_parts made first, merged later into a stored incident, store what SPEC §4.2 says."""
+    for stored in (None, etree.tostring(apply_transaction(None, _parse(FIXTURES[1].read_bytes())))):
+        document = _parse(body)
+        before = etree.tostring(document)
+        parts = stored_parts(document)
+        assert etree.tostring(document) == before, "the transaction's document must not change"
+        expected = _merged_as_specified(None if stored is None else _parse(stored), document)
+        merged = merge_stored_parts(None if stored is None else _parse(stored), parts)
+        assert etree.tostring(merged, encoding="UTF-8") == etree.tostring(expected, encoding="UTF-8")
+
+
+def test_the_lifecycle_merges_as_specified() -> None:
+    """Over the whole lifecycle, the stored incident is what SPEC §4.2 says, byte for byte."""
+    stored: bytes | None = None
+    expected: etree._Element | None = None
+    for path in FIXTURES:
+        document = _parse(path.read_bytes())
+        expected = _merged_as_specified(expected, document)
+        parts = stored_parts(document)
+        stored = etree.tostring(merge_stored_parts(None if stored is None else _parse(stored), parts),
+                                encoding="UTF-8")
+        assert stored == etree.tostring(expected, encoding="UTF-8"), path.name
 
 
 def test_apply_transaction_leaves_the_stored_incident_alone() -> None:
