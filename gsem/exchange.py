@@ -28,13 +28,7 @@ from gsem.contract import IncidentFacts, Role, State, TransactionSpec
 from gsem.db import model
 from gsem.errors import AckCode, Problem
 from gsem.ids import new_ulid
-from gsem.incident import (
-    ForwardTemplate,
-    forwarded_document,
-    incident_for_query,
-    merge_stored_parts,
-    stored_parts,
-)
+from gsem.incident import ForwardTemplate, IncidentChange, forwarded_document, incident_for_query
 from gsem.validation import DocumentValidator, Inspection, check_state
 from transactions import registry
 
@@ -255,7 +249,7 @@ class Prepared:
 
     :meth:`of` runs before the database transaction (in the listener's thread, while other
     transactions hold the database), so the transaction itself does less.  The texts and
-    parts are the document's after :meth:`~gsem.validation.DocumentValidator.precheck_matrix`,
+    change are the document's after :meth:`~gsem.validation.DocumentValidator.precheck_matrix`,
     as the decision reads them; :func:`decide_and_store` reads them again when the matrix
     it applies drops elements.
     """
@@ -268,20 +262,19 @@ class Prepared:
     provider_ref: str | None  # ProviderID
     contract: str | None  # AGREEMENT/ContractID as sent
     problem: bool  # whether the document has a PROBLEM
-    #: What the incident keeps of the document (:func:`~gsem.incident.stored_parts`), when
-    #: it may be merged; the merge moves them into the incident.
-    parts: list[etree._Element] | None = None
+    #: What the document changes in its incident, when it may change one.
+    change: IncidentChange | None = None
 
     @classmethod
     def of(cls, inbound: Inbound, inspection: Inspection) -> Prepared:
         """What can be prepared for *inbound*, whose validation is *inspection*."""
         digest = hashlib.sha256(inbound.body).hexdigest()
         root = inspection.root
-        parts = None
+        change = None
         if root is not None and inspection.accepted and inspection.transaction_name != "Query_Incident":
-            parts = stored_parts(root)
+            change = IncidentChange.prepare(root)
         return cls(digest=digest, key=inbound.idempotency_key or digest, ack_id=new_ulid(),
-                   received_at=inbound.received_at.replace(tzinfo=UTC), parts=parts, **_texts(inspection))
+                   received_at=inbound.received_at.replace(tzinfo=UTC), change=change, **_texts(inspection))
 
 
 def _texts(inspection: Inspection) -> dict[str, Any]:
@@ -304,7 +297,7 @@ def _apply_matrix(validator: DocumentValidator, inspection: Inspection, spec: Tr
     assert root is not None
     children = len(root)
     validator.apply_matrix(inspection, spec)
-    return prepared if len(root) == children else replace(prepared, parts=None, **_texts(inspection))
+    return prepared if len(root) == children else replace(prepared, change=None, **_texts(inspection))
 
 
 @dataclass
@@ -406,7 +399,7 @@ def decide_and_store(conn: Connection, inbound: Inbound, inspection: Inspection,
     spec: TransactionSpec | None = None
     new_state: State | None = None
     state_before: State | None = None
-    new_document: etree._Element | None = None
+    document_bytes: bytes | None = None  # the incident after the transaction
     recipient: str | None = None
     provider_id: str | None = None
     texts = prepared  # the document's texts, as the matrix left them
@@ -455,16 +448,13 @@ def decide_and_store(conn: Connection, inbound: Inbound, inspection: Inspection,
         if spec.name == "Query_Incident":
             ack.incident = incident_for_query(etree.fromstring(incident.document, _PARSER), new_state.value)
         else:
-            # A tree parsed here for this transaction alone: merged into in place.
-            current = None if incident is None else etree.fromstring(incident.document, _PARSER)
-            parts = texts.parts if texts.parts is not None else stored_parts(inspection.root)
-            new_document = merge_stored_parts(current, parts)
+            change = texts.change if texts.change is not None else IncidentChange.prepare(inspection.root)
+            document_bytes = change.apply(None if incident is None else incident.document)
     elif incident is not None:
         ack.current_state = incident.state
 
     incident_id = None if incident is None else incident.id
-    if ack.accepted and new_document is not None:
-        document_bytes = etree.tostring(new_document, encoding="UTF-8")
+    if ack.accepted and document_bytes is not None:
         provider_ref = ack.provider_ref if spec is not None and Role.PROVIDER in spec.sender else None
         if incident is None:
             incident_id = _HOT_INSERT_INCIDENT.insert(store, dict(

@@ -7,13 +7,14 @@ ATTACHMENT entries are appended to the incident's history.  Pure functions on lx
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass
 
 from lxml import etree
 
 from gsem.xmlsafe import escape_text
 
-__all__ = ["APPENDED", "apply_transaction", "merge_into", "stored_parts", "merge_stored_parts",
+__all__ = ["APPENDED", "apply_transaction", "merge_into", "stored_parts", "merge_stored_parts", "IncidentChange",
            "incident_for_query", "forwarded_document", "ForwardTemplate"]
 
 #: Entries appended to the incident's history rather than replaced.
@@ -67,6 +68,111 @@ def merge_stored_parts(incident: etree._Element | None, parts: list[etree._Eleme
     if len(result):
         result.text = None
     return result
+
+
+@dataclass(frozen=True)
+class IncidentChange:
+    """What a document changes in an incident, prepared before the database transaction.
+
+    :func:`stored_parts` of the document, and each part as lxml writes it.  A stored
+    incident is what lxml writes for a merged tree: ``<SERVICE_INCIDENT>`` and its
+    children, no whitespace between them.  When it has that shape (:func:`_children`),
+    :meth:`apply` merges by joining the children's bytes, as :func:`merge_stored_parts`
+    would merge the trees, instead of parsing the incident, merging and writing it again
+    inside the transaction; otherwise (and for a part it cannot join) it merges the trees.
+    For any well-formed stored incident, :meth:`apply` returns what
+    ``etree.tostring(merged, encoding="UTF-8")`` returns.
+    """
+
+    parts: list[etree._Element]
+    #: (tag, bytes) of each part; None when one cannot be joined as bytes.
+    written: tuple[tuple[bytes, bytes], ...] | None
+
+    @classmethod
+    def prepare(cls, document: etree._Element) -> IncidentChange:
+        """The change *document* makes; *document* is not changed."""
+        parts = stored_parts(document)
+        written: list[tuple[bytes, bytes]] | None = []
+        for part in parts:
+            text = etree.tostring(part, encoding="UTF-8")
+            # A namespace declaration in a part would have to be reconciled with the
+            # incident's: only the tree merge does that.
+            if not isinstance(part.tag, str) or not _NAME.fullmatch(part.tag) or b"xmlns" in text:
+                written = None
+                break
+            assert written is not None
+            written.append((part.tag.encode("ascii"), text))
+        return cls(parts, None if written is None else tuple(written))
+
+    def apply(self, stored: bytes | None) -> bytes:
+        """The incident after the change, written: *stored* (None for a new one) merged."""
+        children = None if self.written is None else [] if stored is None else _children(stored)
+        if self.written is None or children is None:
+            incident = None if stored is None else etree.fromstring(stored, _PARSER)
+            return etree.tostring(merge_stored_parts(incident, self.parts), encoding="UTF-8")
+        for tag, text in self.written:
+            if tag not in _APPENDED_BYTES:
+                for index, (other, _) in enumerate(children):
+                    if other == tag:
+                        children[index] = (tag, text)
+                        break
+                else:
+                    children.append((tag, text))
+            else:
+                children.append((tag, text))
+        if not children:
+            return _EMPTY
+        return _OPEN + b"".join(text for _, text in children) + _CLOSE
+
+
+_PARSER = etree.XMLParser(resolve_entities=False, no_network=True)
+_APPENDED_BYTES = frozenset(tag.encode("ascii") for tag in APPENDED)
+_OPEN = b"<SERVICE_INCIDENT>"
+_CLOSE = b"</SERVICE_INCIDENT>"
+_EMPTY = b"<SERVICE_INCIDENT/>"
+#: Element names joined as bytes: ASCII names without a namespace prefix.
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+_START = re.compile(rb"<([A-Za-z_][A-Za-z0-9_.-]*)[ />]")
+#: An element written with a start and an end tag and nothing between them: lxml writes
+#: one it parsed as ``<a/>``, so such an incident is not what it writes for its tree.
+_EMPTY_PAIR = re.compile(rb"<[^/>][^>]*(?<!/)></")
+
+
+def _children(stored: bytes) -> list[tuple[bytes, bytes]] | None:
+    """The children of a well-formed stored incident as (tag, bytes), as lxml would write
+    them again after parsing it; None when the incident is written in another shape.
+
+    A namespace declaration anywhere also gives None: a child in a default namespace has
+    the tag of a part without one, and the trees would not replace it by that part.
+    """
+    if stored == _EMPTY:
+        return []
+    if not (stored.startswith(_OPEN) and stored.endswith(_CLOSE)) or b"xmlns" in stored:
+        return None
+    if _EMPTY_PAIR.search(stored):
+        return None
+    end = len(stored) - len(_CLOSE)
+    position = len(_OPEN)
+    children = []
+    while position < end:
+        start = _START.match(stored, position)
+        if start is None:
+            return None  # text, a comment or an end tag where a child should start
+        tag = start.group(1)
+        # lxml escapes ">" in text and attribute values: the first one ends the start tag.
+        opened = stored.find(b">", position) + 1
+        if stored[opened - 2:opened] == b"/>":
+            closed = opened
+        else:
+            # Inside an element of its own name, the first end tag is the inner one's; the
+            # outer one's then comes where a child should start, and the scan gives up.
+            close = stored.find(b"</" + tag + b">", opened, end)
+            if close < 0:
+                return None
+            closed = close + len(tag) + 3
+        children.append((tag, stored[position:closed]))
+        position = closed
+    return children
 
 
 def _tidy(element: etree._Element) -> None:

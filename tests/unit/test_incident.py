@@ -1,23 +1,26 @@
 """How a transaction changes a stored incident, and what is forwarded (gsem.incident).
 
-The hot path uses :func:`stored_parts` (before the transaction), :func:`merge_stored_parts`
-and :class:`ForwardTemplate`, the faster forms of :func:`apply_transaction` and
-:func:`forwarded_document`; these tests hold them to the same output, byte for byte, and
-to SPEC §4.2 spelled out, on every lifecycle fixture and on awkward documents.
+The hot path uses :class:`IncidentChange` (prepared before the transaction, joined as bytes
+or merged as trees inside it) and :class:`ForwardTemplate`, the faster forms of
+:func:`apply_transaction` and :func:`forwarded_document`; these tests hold them to the same
+output, byte for byte, and to SPEC §4.2 spelled out, on every lifecycle fixture and on
+awkward documents.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from lxml import etree
 
 from gsem.incident import (
     ForwardTemplate,
+    IncidentChange,
     apply_transaction,
     forwarded_document,
     merge_into,
@@ -174,3 +177,72 @@ def test_any_provider_ref_forwards_the_same(provider_ref: str | None, state: str
     assert template is not None
     assert template.render(state=state, provider_ref=provider_ref) == forwarded_document(
         body, state=state, provider_ref=provider_ref)
+
+
+#: Children a document may bring, including shapes the joined merge must leave to lxml.
+CHILDREN = [
+    "<Comment>plain</Comment>", "<Comment>a &amp; b &lt;c&gt; \"q\" 'a' \u00e9\u4e2d &#13;</Comment>",
+    '<RequesterSeverity level="2" note="a&quot;b&#10;c">2</RequesterSeverity>', "<ProviderID/>",
+    "<ACTIVITY>\n  <LocalDate>2026-11-22 08:03:40</LocalDate>\n  <ActionLog>x</ActionLog>\n</ACTIVITY>",
+    "<SOLUTION><Text>s</Text></SOLUTION>", "<ATTACHMENT><N>1</N></ATTACHMENT>",
+    "<SERVICE_REQUESTER><PERSON><LastName>N</LastName></PERSON></SERVICE_REQUESTER>",
+    "<Nest><Nest>inner</Nest></Nest>", "<Mixed>a<b>b</b>c</Mixed>", "<Empty></Empty>",
+    '<Spaced xmlns:x="urn:x" x:a="1">n</Spaced>', "<TransactionName>Entitlement</TransactionName>",
+    "<CurrentState>Entitled</CurrentState>", "<Comment>   </Comment>",
+]
+#: Stored incidents in shapes lxml does not write for a merged tree.
+ODD_STORED = [
+    b"<SERVICE_INCIDENT>\n  <Comment>x</Comment>\n</SERVICE_INCIDENT>",
+    b"<SERVICE_INCIDENT><Comment></Comment></SERVICE_INCIDENT>",
+    b"<?xml version='1.0' encoding='UTF-8'?>\n<SERVICE_INCIDENT><Comment>x</Comment></SERVICE_INCIDENT>",
+    b'<SERVICE_INCIDENT a="1"><Comment>x</Comment></SERVICE_INCIDENT>',
+    b"<SERVICE_INCIDENT>text<Comment>x</Comment></SERVICE_INCIDENT>",
+    b'<SERVICE_INCIDENT><x:Comment xmlns:x="urn:x">x</x:Comment></SERVICE_INCIDENT>',
+    b'<SERVICE_INCIDENT><Comment xmlns="urn:x">x</Comment><ACTIVITY><N>1</N></ACTIVITY></SERVICE_INCIDENT>',
+    b"<SERVICE_INCIDENT><Nest><Nest>x</Nest></Nest><!-- c --></SERVICE_INCIDENT>",
+    b"<SERVICE_INCIDENT><Nest><Nest>x</Nest><Nest/></Nest><Comment>y</Comment></SERVICE_INCIDENT>",
+    b"<SERVICE_INCIDENT/>", b"<SERVICE_INCIDENT></SERVICE_INCIDENT>",
+]
+DOCUMENTS = st.lists(st.sampled_from(CHILDREN), max_size=6).map(
+    lambda children: ("<SERVICE_INCIDENT>\n" + "\n".join(children) + "\n</SERVICE_INCIDENT>").encode())
+
+
+def _merged_tree(stored: bytes | None, document: bytes) -> bytes:
+    incident = None if stored is None else _parse(stored)
+    return etree.tostring(merge_stored_parts(incident, stored_parts(_parse(document))), encoding="UTF-8")
+
+
+def _each_odd_stored(test: Callable[..., None]) -> Callable[..., None]:
+    # Every odd shape at least once, under a document that replaces one of its children.
+    for stored in ODD_STORED:
+        test = example(history=[b"<SERVICE_INCIDENT><Comment>y</Comment><Nest>z</Nest></SERVICE_INCIDENT>"],
+                       odd=stored)(test)
+    return test
+
+
+@given(history=st.lists(DOCUMENTS, min_size=1, max_size=4), odd=st.one_of(st.none(), st.sampled_from(ODD_STORED)))
+@_each_odd_stored
+def test_a_prepared_change_writes_what_the_merged_tree_writes(history: list[bytes], odd: bytes | None) -> None:
+    """IncidentChange.apply returns lxml's bytes of the merged tree, for any stored incident."""
+    stored = odd
+    for document in history:
+        expected = _merged_tree(stored, document)
+        assert IncidentChange.prepare(_parse(document)).apply(stored) == expected
+        stored = expected
+
+
+def test_the_lifecycle_is_merged_without_parsing_the_stored_incident(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stored incident as the hub writes it is merged by joining bytes, to the same bytes."""
+    changes = [IncidentChange.prepare(_parse(path.read_bytes())) for path in FIXTURES]
+    expected: etree._Element | None = None
+    for path in FIXTURES:
+        expected = _merged_as_specified(expected, _parse(path.read_bytes()))
+
+    def no_parsing(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the stored incident was parsed")
+
+    monkeypatch.setattr("gsem.incident.etree.fromstring", no_parsing)
+    stored: bytes | None = None
+    for change in changes:
+        stored = change.apply(stored)
+    assert stored == etree.tostring(expected, encoding="UTF-8")
