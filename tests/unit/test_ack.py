@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import re
+from datetime import UTC, datetime
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from lxml import etree
 
-from gsem.ack import Acknowledgement, mark_duplicate
+from gsem.ack import Acknowledgement, mark_duplicate, sis_date
 from gsem.errors import AckCode, Problem, WarningCode
+from gsem.xmlsafe import escape_attribute, escape_text
 
 #: Any text, including what XML cannot carry (lxml refuses it; so must the fast path).
 TEXT = st.text(alphabet=st.characters(blacklist_categories=["Cs"]) | st.sampled_from("\r\n\t&<>\"'\x00\x1f"),
@@ -56,3 +58,26 @@ def test_an_accepted_acknowledgement_reads_back() -> None:
     assert root.find("WARNING").text == 'Foo is not used by "Entitlement"'
     duplicate = etree.fromstring(mark_duplicate(ack.to_bytes()))
     assert duplicate.findtext("Duplicate") == "Yes"
+
+
+#: Text XML can carry (lxml refuses the rest, and so do the writers that use these escapes).
+XML_TEXT = st.text(alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00\ufffe\uffff",
+                                          min_codepoint=0x9) | st.sampled_from("\r\n\t&<>\"'"),
+                   max_size=40).filter(lambda s: not re.search("[\x00-\x08\x0b\x0c\x0e-\x1f]", s))
+
+
+@given(value=XML_TEXT)
+@example(value="\r")
+@example(value='"\n\t')
+@example(value="a & b <c>")
+def test_escaped_text_and_attributes_are_what_lxml_writes(value: str) -> None:
+    """escape_text and escape_attribute write a value as lxml writes element text and attributes."""
+    element = etree.Element("a", b=value)
+    element.text = value
+    assert etree.tostring(element, encoding="unicode") == f'<a b="{escape_attribute(value)}">{escape_text(value)}</a>'
+
+
+@given(moment=st.datetimes(timezones=st.one_of(st.none(), st.just(UTC), st.timezones())))
+def test_sis_dates_are_what_strftime_writes(moment: datetime) -> None:
+    """The acknowledgement's ReceivedAt is strftime's YYYY-MM-DD hh:mm:ss, for any year."""
+    assert sis_date(moment) == moment.strftime("%Y-%m-%d %H:%M:%S")
