@@ -6,10 +6,18 @@ repeating ``xs:choice``, which XSD 1.0 cannot bound per child; each particle sti
 declares its ``minOccurs``/``maxOccurs``, and :class:`SchemaCatalogue` reads those
 declarations and enforces them.  The same walk prunes elements the schema does not know
 (SPEC §3: ignored, reported as warnings).
+
+That walk runs in Python and costs more than parsing and validating together, so the
+validator first asks libxml2 whether it can have anything to do: :func:`counting_schema`
+is the schema with every content model whose children each occur at most once written as
+the ``xs:all`` it amounts to, so that libxml2 enforces those declarations too, and
+:meth:`SchemaCatalogue.positions` lists where each complex type can occur, for the
+declarations ``xs:all`` cannot express.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 from functools import cache
@@ -17,7 +25,15 @@ from pathlib import Path
 
 from lxml import etree
 
-__all__ = ["SCHEMA_DIR", "ChildDecl", "SchemaCatalogue", "catalogue", "incident_schema", "ack_schema"]
+__all__ = [
+    "SCHEMA_DIR",
+    "ChildDecl",
+    "SchemaCatalogue",
+    "catalogue",
+    "incident_schema",
+    "counting_schema",
+    "ack_schema",
+]
 
 XS = "{http://www.w3.org/2001/XMLSchema}"
 
@@ -62,6 +78,26 @@ class SchemaCatalogue:
         self.root_name: str = top.get("name")
         self.root_type: str = top.get("type")
 
+    def positions(self) -> list[tuple[str, str]]:
+        """Every place a complex type occurs: (absolute path like ``/SERVICE_INCIDENT/PROBLEM``, type).
+
+        The walk that prunes a document knows an element's type from its parent's; this is
+        the same knowledge laid out as paths, for checks that libxml2 evaluates.  A schema
+        with a recursive type has no finite list: ValueError.
+        """
+        found: list[tuple[str, str]] = []
+
+        def visit(path: str, type_name: str, inside: tuple[str, ...]) -> None:
+            if type_name in inside:
+                raise ValueError(f"{type_name} contains itself; its positions cannot be listed")
+            found.append((path, type_name))
+            for decl in self.types[type_name].values():
+                if decl.type_name is not None:
+                    visit(f"{path}/{decl.name}", decl.type_name, inside + (type_name,))
+
+        visit(f"/{self.root_name}", self.root_type, ())
+        return found
+
     def required(self, type_name: str) -> tuple[ChildDecl, ...]:
         """The children *type_name* must have (``minOccurs`` above zero)."""
         return self._required[type_name]
@@ -97,6 +133,37 @@ def catalogue() -> SchemaCatalogue:
 def incident_schema() -> etree.XMLSchema:
     """lxml's compiled SERVICE_INCIDENT schema."""
     return etree.XMLSchema(_xsd("service_incident.xsd"))
+
+
+@cache
+def counting_schema() -> tuple[etree.XMLSchema, frozenset[str]]:
+    """The SERVICE_INCIDENT schema that also counts children where XSD 1.0 can; and those types.
+
+    A repeating ``xs:choice`` (``minOccurs="0"``) whose particles each occur at most once
+    (and at least zero or one time), with the minOccurs and maxOccurs that gsem enforces,
+    allows exactly the child sequences that ``xs:all`` over the same particles allows; this
+    schema has such content models written as ``xs:all``, and those types are the set
+    returned.  So a document valid against it is valid against :func:`incident_schema`
+    and breaks none of those types' declared cardinalities.
+    """
+    xsd = copy.deepcopy(_xsd("service_incident.xsd"))
+    types = catalogue().types
+    counted = set()
+    for complex_type in xsd.getroot().findall(f"{XS}complexType"):
+        choice = complex_type.find(f"{XS}choice")
+        name = complex_type.get("name")
+        if (
+            choice is None
+            or choice.get("minOccurs") != "0"
+            or choice.get("maxOccurs") != "unbounded"
+            or len(choice) != len(choice.findall(f"{XS}element"))
+            or not all(d.max_occurs == 1 and d.min_occurs <= 1 for d in types[name].values())
+        ):
+            continue
+        choice.tag = f"{XS}all"
+        del choice.attrib["minOccurs"], choice.attrib["maxOccurs"]
+        counted.add(name)
+    return etree.XMLSchema(xsd), frozenset(counted)
 
 
 @cache

@@ -3,10 +3,18 @@
 hardened parse → unknown and hub-set elements pruned (warnings) → declared cardinalities
 and the schema → TransactionName → field matrix and rules → state.  Each stage that can
 still run after an earlier one failed does run, so a rejection lists all problems found.
+
+Most documents are clean, and for them the pruning walk, a Python call per element,
+cost more than parsing and validating together.  So libxml2 and a byte scan first say
+whether the walk could find anything (:meth:`DocumentValidator._untouched_children`); only when
+they cannot rule it out does the walk run.  Both ways give the same results, problem
+for problem and byte for byte (``tests/unit/test_validation_golden.py``).
 """
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from dataclasses import dataclass, field
 
 from lxml import etree
@@ -14,7 +22,7 @@ from lxml import etree
 from gsem.contract import NO_INCIDENT, IncidentFacts, Mark, Role, State, TransactionSpec
 from gsem.errors import AckCode, DocumentRejected, Problem, WarningCode
 from gsem.rules import RULES
-from gsem.schema import catalogue, incident_schema
+from gsem.schema import ChildDecl, catalogue, counting_schema, incident_schema
 from gsem.xmlsafe import ParseLimits, parse_document
 from transactions import registry
 
@@ -23,6 +31,54 @@ __all__ = ["Inspection", "DocumentValidator", "check_state", "validate_document"
 ROOT = "SERVICE_INCIDENT"
 #: Elements the hub fills in on what it forwards; partners' values are ignored (SPEC §3.1).
 HUB_SET_ELEMENTS = frozenset({"CurrentState", "Acknowledge"})
+
+#: The ATTACHMENT rule of the walk: exactly one of these children (SPEC §3.1).
+_ATTACHMENT = "ATTACHMENT"
+_ATTACHMENT_CONTENT = ("AttachmentReference", "AttachmentObject")
+
+#: What ``str.strip()`` strips, every character whose ``isspace()`` is true: the walk
+#: prunes an element whose text is only these as empty (SPEC §5).
+_SPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
+    "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+
+
+def _one_of(characters: str) -> bytes:
+    """A bytes pattern for the UTF-8 of any one of *characters*.
+
+    One character class per leading bytes, so that the regex engine tries a handful of
+    branches rather than one per character.
+    """
+    by_prefix: dict[bytes, list[bytes]] = {}
+    for character in characters:
+        encoded = character.encode("utf-8")
+        by_prefix.setdefault(encoded[:-1], []).append(re.escape(encoded[-1:]))
+    return b"|".join(re.escape(prefix) + b"[" + b"".join(lasts) + b"]" for prefix, lasts in by_prefix.items())
+
+
+#: A start tag (its quoted values may hold ``>`` and ``/``) followed by nothing but spaces
+#: and character references up to an end tag.  In a body with no ``/>``, comment, CDATA
+#: section or processing instruction, an element that parses with no child and a text of
+#: spaces is written so: entity references other than the five predefined ones, which
+#: are not spaces, need a DOCTYPE, which is refused.  Possessive quantifiers, as there is
+#: nothing to backtrack into: without them the search costs three times as much.
+_EMPTY_ELEMENT = re.compile(
+    rb"<[^/!?<>\"']*+(?:(?:\"[^\"]*+\"|'[^']*+')[^<>\"']*+)*+>(?:"
+    + _one_of(_SPACE)
+    + rb"|&#[0-9A-Fa-fx]++;)*+</"
+)
+
+
+def _may_have_empty_element(data: bytes) -> bool:
+    """False only when no element of the well-formed *data* parses as empty; True may be a false alarm."""
+    start = data.index(b"?>") + 2 if data.startswith(b"<?xml") else 0
+    return (
+        b"/>" in data
+        or data.find(b"<!", start) >= 0
+        or data.find(b"<?", start) >= 0
+        or _EMPTY_ELEMENT.search(data, start) is not None
+    )
 
 
 @dataclass
@@ -47,8 +103,7 @@ class Inspection:
         root = self.root
         if root is None:
             return None
-        value = (root.findtext(name) or "").strip()
-        return value or None
+        return _child_text(root, name)
 
     @property
     def accepted(self) -> bool:
@@ -60,13 +115,35 @@ def _path(element: etree._Element) -> str:
     return element.getroottree().getpath(element)
 
 
+def _child_text(element: etree._Element, name: str) -> str | None:
+    """``(element.findtext(name) or "").strip() or None``, for the root children read on every document.
+
+    ``findtext`` with a plain name selects ``iterchildren(name)`` through lxml's
+    ElementPath, whose parsing and cache lookup cost more than the selection itself.
+    """
+    if not name.isidentifier():
+        return (element.findtext(name) or "").strip() or None
+    for child in element.iterchildren(name):
+        return (child.text or "").strip() or None
+    return None
+
+
 class DocumentValidator:
-    """Checks documents against the schema and the declared contract; holds no state."""
+    """Checks documents against the schema and the declared contract; holds no per-document state."""
 
     def __init__(self, limits: ParseLimits = ParseLimits()) -> None:
         self.limits = limits
         self._catalogue = catalogue()
         self._schema = incident_schema()
+        self._counting_schema, counted = counting_schema()
+        root_position, *positions = self._catalogue.positions()
+        self._miscounted = _miscounted_xpath(positions, self._catalogue.types, counted)
+        #: The walk's counts at the root, checked on the tags of its children: how many
+        #: times a child may occur at most, and the children that must occur.
+        self._root_limits = {
+            name: _most(decl) for name, decl in self._catalogue.types[root_position[1]].items() if _most(decl)
+        }
+        self._root_required = self._catalogue.required(root_position[1])
 
     def inspect(self, data: bytes, *, strict: bool = False) -> Inspection:
         """Parse, prune and schema-check *data*; find its TransactionName.
@@ -85,15 +162,26 @@ class DocumentValidator:
             )
             inspection.tree = None
             return inspection
-        self._prune_and_count(root, self._catalogue.root_type, inspection, strict)
-        name = inspection.text("TransactionName")
+        untouched = self._untouched_children(data, tree)
+        if untouched is None:
+            self._prune_and_count(root, self._catalogue.root_type, inspection, strict)
+            name = inspection.text("TransactionName")
+        else:
+            children, tags = untouched
+            name = None
+            if "TransactionName" in tags:
+                name = (children[tags.index("TransactionName")].text or "").strip() or None
         specs = registry.specs_named(name) if name else ()
+        dropped = False
         if specs:
             # Drop what no declaration of this transaction uses before the schema sees it:
             # an ignored element cannot be a reason to refuse (SPEC §4.1 "ignored if present").
             used = frozenset().union(*(spec.top_level_elements for spec in specs))
-            self._drop_unused(root, used, name, inspection)
-        if not self._schema.validate(tree):
+            if untouched is None or not used.issuperset(tags):
+                dropped = self._drop_unused(root, used, name, inspection)
+        # An untouched document is valid against the counting schema, so against the
+        # incident schema too; it is validated again only if elements were dropped since.
+        if (untouched is None or dropped) and not self._schema.validate(tree):
             for entry in self._schema.error_log:
                 inspection.errors.append(
                     # libxml2 says "Element 'X': [facet 'pattern'] The value …": precise; kept as is.
@@ -113,6 +201,36 @@ class DocumentValidator:
                 )
             )
         return inspection
+
+    def _untouched_children(
+        self, data: bytes, tree: etree._ElementTree
+    ) -> tuple[list[etree._Element], list[object]] | None:
+        """The root's children and their tags, when :meth:`_prune_and_count` would leave *tree* as it is.
+
+        The walk removes unknown, hub-set and empty elements and counts children against
+        their declarations.  Here, cheapest first: a scan of the bytes rules out empty
+        elements; the tags of the root's children are counted and looked for hub-set
+        ones; the counting schema rules out unknown elements and counts children where
+        ``xs:all`` can; a compiled XPath does the remaining counts and the ATTACHMENT
+        rule.  Any doubt answers None and the walk decides.
+        """
+        if _may_have_empty_element(data):
+            return None
+        children = list(tree.getroot())
+        tags = [child.tag for child in children]
+        present = set(tags)
+        if not HUB_SET_ELEMENTS.isdisjoint(present):
+            return None
+        if len(present) < len(tags) or self._root_required:
+            counts = Counter(tags)
+            limits = self._root_limits
+            if any(count > limits[name] for name, count in counts.items() if name in limits):
+                return None
+            if any(counts[decl.name] < decl.min_occurs for decl in self._root_required):
+                return None
+        if not self._counting_schema.validate(tree) or self._miscounted(tree):
+            return None
+        return children, tags
 
     def _prune_and_count(self, element: etree._Element, type_name: str, inspection: Inspection, strict: bool) -> None:
         declared = self._catalogue.types[type_name]
@@ -156,7 +274,7 @@ class DocumentValidator:
                 inspection.errors.append(
                     Problem(AckCode.SCHEMA_VIOLATION, f"{element.tag} needs {decl.name}", f"{_path(element)}/{decl.name}")
                 )
-        if element.tag == "ATTACHMENT" and counts.get("AttachmentReference", 0) + counts.get("AttachmentObject", 0) != 1:
+        if element.tag == _ATTACHMENT and sum(counts.get(name, 0) for name in _ATTACHMENT_CONTENT) != 1:
             inspection.errors.append(
                 Problem(
                     AckCode.SCHEMA_VIOLATION,
@@ -166,13 +284,17 @@ class DocumentValidator:
             )
 
     @staticmethod
-    def _drop_unused(root: etree._Element, used: frozenset[str], name: str, inspection: Inspection) -> None:
+    def _drop_unused(root: etree._Element, used: frozenset[str], name: str, inspection: Inspection) -> bool:
+        """Drop (with a warning each) the root children not in *used*; True if there were any."""
+        dropped = False
         for child in list(root):
             if child.tag not in used:
                 inspection.warnings.append(
                     Problem(WarningCode.IGNORED_ELEMENT, f"{child.tag} is not used by {name}; ignored", _path(child))
                 )
                 root.remove(child)
+                dropped = True
+        return dropped
 
     def precheck_matrix(self, inspection: Inspection) -> None:
         """Check the field matrix now when only one declaration can apply to the document.
@@ -225,6 +347,37 @@ class DocumentValidator:
     def _rule(inspection: Inspection, number: int, root: etree._Element, elements: list, spec: TransactionSpec) -> None:
         for message, path in RULES[number].check(root, elements, spec):
             inspection.errors.append(Problem(AckCode.RULE_VIOLATION, message, path))
+
+
+def _most(decl: ChildDecl) -> int | None:
+    """How many *decl* children the walk lets pass: maxOccurs, but it never reports just one."""
+    return None if decl.max_occurs is None else max(decl.max_occurs, 1)
+
+
+def _miscounted_xpath(
+    positions: list[tuple[str, str]], types: dict[str, dict[str, ChildDecl]], counted: frozenset[str]
+) -> etree.XPath:
+    """True for a document with a count below the root that the counting schema does not check.
+
+    Those are the declared minOccurs and maxOccurs of the types the schema could not write
+    as ``xs:all``, and the one-of-two content of every ATTACHMENT, at every position the
+    walk would visit them.
+    """
+    terms = []
+    for path, type_name in positions:
+        conditions = []
+        if type_name not in counted:
+            for decl in types[type_name].values():
+                most = _most(decl)
+                if most is not None:
+                    conditions.append(f"{decl.name}[{most + 1}]")
+                if decl.min_occurs > 0:
+                    conditions.append(f"not({decl.name}[{decl.min_occurs}])")
+        if path.rsplit("/", 1)[1] == _ATTACHMENT:
+            conditions.append(" + ".join(f"count({name})" for name in _ATTACHMENT_CONTENT) + " != 1")
+        if conditions:
+            terms.append(f"{path}[{' or '.join(conditions)}]")
+    return etree.XPath(" or ".join(terms) if terms else "false()")
 
 
 def check_state(spec: TransactionSpec, facts: IncidentFacts) -> list[Problem]:
