@@ -36,6 +36,9 @@ HUB_SET_ELEMENTS = frozenset({"CurrentState", "Acknowledge"})
 _ATTACHMENT = "ATTACHMENT"
 _ATTACHMENT_CONTENT = ("AttachmentReference", "AttachmentObject")
 
+#: Declarations are module constants; the bound only matters to code that makes specs on the fly.
+_MAX_CACHED_SPECS = 256
+
 #: What ``str.strip()`` strips, every character whose ``isspace()`` is true: the walk
 #: prunes an element whose text is only these as empty (SPEC §5).
 _SPACE = (
@@ -144,6 +147,8 @@ class DocumentValidator:
             name: _most(decl) for name, decl in self._catalogue.types[root_position[1]].items() if _most(decl)
         }
         self._root_required = self._catalogue.required(root_position[1])
+        #: id(spec) -> (spec, what :meth:`_fields` made of it): TransactionSpec is not hashable.
+        self._fields_by_spec: dict[int, tuple[TransactionSpec, list]] = {}
 
     def inspect(self, data: bytes, *, strict: bool = False) -> Inspection:
         """Parse, prune and schema-check *data*; find its TransactionName.
@@ -330,18 +335,49 @@ class DocumentValidator:
         """Apply *spec*'s field matrix and rules; drop elements it ignores (with warnings)."""
         root = inspection.root
         assert root is not None
-        self._drop_unused(root, spec.top_level_elements, spec.name, inspection)
-        for path, cell in spec.fields.items():
-            present = root.findall(path)
-            if cell.mark is Mark.MANDATORY and not present:
+        used = spec.top_level_elements
+        children = list(root)
+        tags = [child.tag for child in children]
+        if not used.issuperset(tags):
+            self._drop_unused(root, used, spec.name, inspection)
+            children = list(root)
+            tags = [child.tag for child in children]
+        # One pass over the root's children instead of an ElementPath search per field:
+        # root.findall("A/B") is the B children of the root's A children, in order.
+        by_name: dict[object, list[etree._Element]] = {}
+        for tag, child in zip(tags, children, strict=True):
+            by_name.setdefault(tag, []).append(child)
+        for path, steps, mandatory, rules in self._fields(spec):
+            if steps is None:
+                present = root.findall(path)
+            else:
+                present = by_name.get(steps[0], [])
+                for name in steps[1:]:
+                    present = [found for parent in present for found in parent if found.tag == name]
+            if mandatory and not present:
                 inspection.errors.append(
                     Problem(AckCode.MISSING_MANDATORY, f"{spec.name} needs {path}", f"/{ROOT}/{path}")
                 )
             if present:
-                for number in cell.rules:
+                for number in rules:
                     self._rule(inspection, number, root, present, spec)
         for number in spec.rules:
             self._rule(inspection, number, root, [root], spec)
+
+    def _fields(self, spec: TransactionSpec) -> list[tuple[str, tuple[str, ...] | None, bool, tuple[int, ...]]]:
+        """*spec*'s matrix as (path, its names or None when not all plain, mandatory, rules), once per spec."""
+        cached = self._fields_by_spec.get(id(spec))
+        if cached is not None and cached[0] is spec:
+            return cached[1]
+        fields = []
+        for path, cell in spec.fields.items():
+            steps = tuple(path.split("/"))
+            plain = all(step.isidentifier() for step in steps)
+            fields.append((path, steps if plain else None, cell.mark is Mark.MANDATORY, cell.rules))
+        if len(self._fields_by_spec) >= _MAX_CACHED_SPECS:
+            self._fields_by_spec.clear()
+        self._fields_by_spec[id(spec)] = (spec, fields)
+        return fields
 
     @staticmethod
     def _rule(inspection: Inspection, number: int, root: etree._Element, elements: list, spec: TransactionSpec) -> None:
