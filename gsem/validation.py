@@ -6,13 +6,14 @@ still run after an earlier one failed does run, so a rejection lists all problem
 
 Most documents are clean, and for them the pruning walk, a Python call per element,
 cost more than parsing and validating together.  So libxml2 and a byte scan first say
-whether the walk could find anything (:meth:`DocumentValidator._untouched_children`); only when
-they cannot rule it out does the walk run.  Both ways give the same results, problem
-for problem and byte for byte (``tests/unit/test_validation_golden.py``).
+whether the walk could find anything (:meth:`DocumentValidator._untouched_children`);
+only when they cannot rule it out does the walk run.  Both ways give the same results,
+problem for problem and byte for byte (``tests/unit/test_validation_golden.py``).
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -36,7 +37,12 @@ HUB_SET_ELEMENTS = frozenset({"CurrentState", "Acknowledge"})
 _ATTACHMENT = "ATTACHMENT"
 _ATTACHMENT_CONTENT = ("AttachmentReference", "AttachmentObject")
 
-#: Declarations are module constants; the bound only matters to code that makes specs on the fly.
+#: A matrix field as check_matrix reads it: (path, its names or None when they are not
+#: plain names, mandatory, rule numbers).
+_Field = tuple[str, tuple[str, ...] | None, bool, tuple[int, ...]]
+#: id(spec) -> (spec, its fields), as TransactionSpec is not hashable.  Declarations are
+#: module constants; the bound is for code that makes specs on the fly.
+_FIELDS: dict[int, tuple[TransactionSpec, list[_Field]]] = {}
 _MAX_CACHED_SPECS = 256
 
 #: What ``str.strip()`` strips, every character whose ``isspace()`` is true: the walk
@@ -131,6 +137,33 @@ def _child_text(element: etree._Element, name: str) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class _Shortcut:
+    """What :meth:`DocumentValidator._untouched_children` checks besides the byte scan."""
+
+    counting_schema: etree.XMLSchema
+    #: True for a document with a count below the root that the counting schema does not check
+    miscounted: etree.XPath
+    #: the walk's counts at the root: how many times a child may occur at most ...
+    root_limits: dict[str, int]
+    #: ... and the children that must occur
+    root_required: tuple[ChildDecl, ...]
+
+
+@functools.cache
+def _shortcut() -> _Shortcut:
+    """Built once: validate_document makes a validator per call unless given one."""
+    declared = catalogue()
+    schema, counted = counting_schema()
+    (_, root_type), *positions = declared.positions()
+    return _Shortcut(
+        counting_schema=schema,
+        miscounted=_miscounted_xpath(positions, declared.types, counted),
+        root_limits={name: most for name, decl in declared.types[root_type].items() if (most := _most(decl))},
+        root_required=declared.required(root_type),
+    )
+
+
 class DocumentValidator:
     """Checks documents against the schema and the declared contract; holds no per-document state."""
 
@@ -138,17 +171,7 @@ class DocumentValidator:
         self.limits = limits
         self._catalogue = catalogue()
         self._schema = incident_schema()
-        self._counting_schema, counted = counting_schema()
-        root_position, *positions = self._catalogue.positions()
-        self._miscounted = _miscounted_xpath(positions, self._catalogue.types, counted)
-        #: The walk's counts at the root, checked on the tags of its children: how many
-        #: times a child may occur at most, and the children that must occur.
-        self._root_limits = {
-            name: _most(decl) for name, decl in self._catalogue.types[root_position[1]].items() if _most(decl)
-        }
-        self._root_required = self._catalogue.required(root_position[1])
-        #: id(spec) -> (spec, what :meth:`_fields` made of it): TransactionSpec is not hashable.
-        self._fields_by_spec: dict[int, tuple[TransactionSpec, list]] = {}
+        self._shortcut = _shortcut()
 
     def inspect(self, data: bytes, *, strict: bool = False) -> Inspection:
         """Parse, prune and schema-check *data*; find its TransactionName.
@@ -168,6 +191,7 @@ class DocumentValidator:
             inspection.tree = None
             return inspection
         untouched = self._untouched_children(data, tree)
+        tags = None
         if untouched is None:
             self._prune_and_count(root, self._catalogue.root_type, inspection, strict)
             name = inspection.text("TransactionName")
@@ -182,7 +206,7 @@ class DocumentValidator:
             # Drop what no declaration of this transaction uses before the schema sees it:
             # an ignored element cannot be a reason to refuse (SPEC §4.1 "ignored if present").
             used = frozenset().union(*(spec.top_level_elements for spec in specs))
-            if untouched is None or not used.issuperset(tags):
+            if tags is None or not used.issuperset(tags):
                 dropped = self._drop_unused(root, used, name, inspection)
         # An untouched document is valid against the counting schema, so against the
         # incident schema too; it is validated again only if elements were dropped since.
@@ -226,14 +250,15 @@ class DocumentValidator:
         present = set(tags)
         if not HUB_SET_ELEMENTS.isdisjoint(present):
             return None
-        if len(present) < len(tags) or self._root_required:
+        shortcut = self._shortcut
+        if len(present) < len(tags) or shortcut.root_required:
             counts = Counter(tags)
-            limits = self._root_limits
+            limits = shortcut.root_limits
             if any(count > limits[name] for name, count in counts.items() if name in limits):
                 return None
-            if any(counts[decl.name] < decl.min_occurs for decl in self._root_required):
+            if any(counts[decl.name] < decl.min_occurs for decl in shortcut.root_required):
                 return None
-        if not self._counting_schema.validate(tree) or self._miscounted(tree):
+        if not shortcut.counting_schema.validate(tree) or shortcut.miscounted(tree):
             return None
         return children, tags
 
@@ -364,9 +389,10 @@ class DocumentValidator:
         for number in spec.rules:
             self._rule(inspection, number, root, [root], spec)
 
-    def _fields(self, spec: TransactionSpec) -> list[tuple[str, tuple[str, ...] | None, bool, tuple[int, ...]]]:
-        """*spec*'s matrix as (path, its names or None when not all plain, mandatory, rules), once per spec."""
-        cached = self._fields_by_spec.get(id(spec))
+    @staticmethod
+    def _fields(spec: TransactionSpec) -> list[_Field]:
+        """*spec*'s matrix as check_matrix reads it, worked out once per declaration."""
+        cached = _FIELDS.get(id(spec))
         if cached is not None and cached[0] is spec:
             return cached[1]
         fields = []
@@ -374,9 +400,9 @@ class DocumentValidator:
             steps = tuple(path.split("/"))
             plain = all(step.isidentifier() for step in steps)
             fields.append((path, steps if plain else None, cell.mark is Mark.MANDATORY, cell.rules))
-        if len(self._fields_by_spec) >= _MAX_CACHED_SPECS:
-            self._fields_by_spec.clear()
-        self._fields_by_spec[id(spec)] = (spec, fields)
+        if len(_FIELDS) >= _MAX_CACHED_SPECS:
+            _FIELDS.clear()
+        _FIELDS[id(spec)] = (spec, fields)
         return fields
 
     @staticmethod
