@@ -1,4 +1,4 @@
-"""What one transaction costs the database thread: the work done while the store is held.
+"""What one transaction costs the SQLite writer: the work done while the store is held.
 
 Not a test: run it as ``.venv/bin/python bench/writer_speed.py [--rounds N] [--profile]``.
 
@@ -11,7 +11,7 @@ batch), on a fresh SQLite file with the hub's settings.  What ``Exchange.receive
 before the database (inspect, the forwarded document's template, the matrix precheck,
 ``Prepared.of``) is done first, untimed.
 
-It prints the database thread's CPU time and wall time per transaction; ``--profile``
+It prints the writer's CPU time and wall time per transaction; ``--profile``
 adds cProfile's top functions (which roughly doubles the times).
 """
 

@@ -1,6 +1,6 @@
 """Receiving one transaction: decide, persist, acknowledge (SPEC §2, §5, §6).
 
-Parsing and the schema run first, off the database thread.  Everything that depends on
+Parsing and the schema run first, before the transaction.  Everything that depends on
 stored state — idempotency, routing, authorization, the incident's state, the field
 matrix of the sender's role — runs in :func:`decide_and_store`, one database
 transaction that also writes the message, the incident change, the acknowledgement and
@@ -358,7 +358,8 @@ def decide_and_store(conn: Connection, inbound: Inbound, inspection: Inspection,
                      forward: ForwardTemplate | None = None, prepared: Prepared | None = None) -> Outcome:
     """Everything that depends on stored state, and the one commit that records it.
 
-    Runs in the database thread inside a transaction (``Database.run``).  Returns the
+    Runs inside a transaction (``Database.run_batched``: on SQLite on the reactor thread,
+    in a group commit; on PostgreSQL in a database thread).  Returns the
     acknowledgement to send; raises only when the database fails (then nothing is kept).
     *forward*, when given, is ``inbound.body`` prepared for forwarding
     (:class:`~gsem.incident.ForwardTemplate`), and *prepared* is :meth:`Prepared.of`
@@ -579,8 +580,8 @@ class Exchange:
         outcome: Outcome | None = None
         for attempt in range(_RACE_RETRIES):
             inspection = self.validator.inspect(inbound.body, strict=inbound.strict)
-            # What can be prepared without the store is, here: the database thread (and,
-            # with several workers, the database itself) is what transactions queue for.
+            # What can be prepared without the store is, here: the database (which, with
+            # several workers, they take turns at) is what transactions queue for.
             forward = ForwardTemplate.prepare(inbound.body) if inspection.accepted else None
             self.validator.precheck_matrix(inspection)
             prepared = Prepared.of(inbound, inspection)

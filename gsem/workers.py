@@ -1,8 +1,7 @@
 """Several processes serving one hub port (``[server] workers``, ``gsem serve --workers``).
 
-A Python process works on one core: TLS, HTTP, parsing and the schema run in its reactor
-thread, deciding and storing in its database thread, and both need the same interpreter
-lock.  With ``workers`` above 1, ``gsem serve`` binds the listening socket itself, serves
+A Python process works on one core: TLS, HTTP, parsing, the schema, deciding and storing
+all need its one interpreter lock.  With ``workers`` above 1, ``gsem serve`` binds the listening socket itself, serves
 it as worker 1, and starts workers 2…N as child processes that inherit the socket and
 accept connections from it too; the kernel hands each new connection to one of them.
 
