@@ -97,21 +97,32 @@ async def test_queued_calls_share_one_commit_and_are_answered_after_it(database:
     other.close()
 
 
-@pytest_twisted.ensureDeferred
-async def test_the_reactor_goes_on_while_another_process_holds_the_database(database: Database) -> None:
-    """Waiting for the writer lock happens off the reactor thread: timers fire, the wait ends."""
-    other = _other_process(database)
+async def _served_while_waiting(database: Database, release: Callable[[], object], partner_id: str) -> None:
+    """A call that must wait until *release* is called: the reactor goes on meanwhile."""
+    once = threading.Lock()
+
+    def release_once() -> None:
+        if once.acquire(blocking=False):
+            release()
+
     # Should the writer wait on the reactor thread, this lets the test end, failing.
-    safety = threading.Timer(3.0, other.release)
+    safety = threading.Timer(3.0, release_once)
     safety.start()
     started = time.monotonic()
-    waiting = _submit(database, _add("LATE"))
+    waiting = _submit(database, _add(partner_id))
     for _ in range(5):
         await deferLater(reactor, 0.02, lambda: None)
     assert time.monotonic() - started < 2.0 and not waiting.called
     safety.cancel()
-    other.release()
-    assert await waiting == "LATE"
+    release_once()
+    assert await waiting == partner_id
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_reactor_goes_on_while_another_process_holds_the_database(database: Database) -> None:
+    """Waiting for the writer lock happens off the reactor thread: timers fire, the wait ends."""
+    other = _other_process(database)
+    await _served_while_waiting(database, other.release, "LATE")
     other.close()
 
 
@@ -120,16 +131,7 @@ async def test_the_reactor_goes_on_while_the_command_line_holds_sqlites_write_lo
     """A process that takes SQLite's write lock without the writer lock (the CLI) does not stall the reactor."""
     cli = sqlite3.connect(database.engine.url.database, isolation_level=None, check_same_thread=False)
     cli.execute("BEGIN IMMEDIATE")
-    safety = threading.Timer(3.0, cli.execute, ("COMMIT",))
-    safety.start()
-    started = time.monotonic()
-    waiting = _submit(database, _add("AFTER-CLI"))
-    for _ in range(5):
-        await deferLater(reactor, 0.02, lambda: None)
-    assert time.monotonic() - started < 2.0 and not waiting.called
-    safety.cancel()
-    cli.execute("COMMIT")
-    assert await waiting == "AFTER-CLI"
+    await _served_while_waiting(database, lambda: cli.execute("COMMIT"), "AFTER-CLI")
     cli.close()
 
 
