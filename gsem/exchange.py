@@ -36,6 +36,8 @@ __all__ = ["Inbound", "Outcome", "Prepared", "Exchange", "decide_and_store", "co
 
 log = Logger()
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True)
+#: The one transaction that reads its incident: it changes nothing and forwards nothing.
+_QUERY = "Query_Incident"
 #: How often a transaction is retried after losing a race on a unique key.
 _RACE_RETRIES = 3
 
@@ -271,7 +273,7 @@ class Prepared:
         digest = hashlib.sha256(inbound.body).hexdigest()
         root = inspection.root
         change = None
-        if root is not None and inspection.accepted and inspection.transaction_name != "Query_Incident":
+        if root is not None and inspection.accepted and inspection.transaction_name != _QUERY:
             change = IncidentChange.prepare(root)
         return cls(digest=digest, key=inbound.idempotency_key or digest, ack_id=new_ulid(),
                    received_at=inbound.received_at.replace(tzinfo=UTC), change=change, **_texts(inspection))
@@ -446,7 +448,7 @@ def decide_and_store(conn: Connection, inbound: Inbound, inspection: Inspection,
         facts = IncidentFacts(state_before, incident.problem_with_request if incident is not None else False)
         new_state = spec.next_state(inspection.root, facts)
         ack.current_state = new_state.value
-        if spec.name == "Query_Incident":
+        if spec.name == _QUERY:
             ack.incident = incident_for_query(etree.fromstring(incident.document, _PARSER), new_state.value)
         else:
             change = texts.change if texts.change is not None else IncidentChange.prepare(inspection.root)
@@ -483,7 +485,7 @@ def decide_and_store(conn: Connection, inbound: Inbound, inspection: Inspection,
     if ack.accepted:
         _HOT_INSERT_KEY.write(store, dict(partner_id=inbound.partner_id, key=key, digest=digest,
                                         ack_id=ack.ack_id, created_at=now))
-        if spec is not None and spec.name != "Query_Incident" and recipient is not None:
+        if spec is not None and spec.name != _QUERY and recipient is not None:
             _HOT_INSERT_DELIVERY.write(store, dict(
                 message_id=message_id, incident_id=incident_id, recipient_id=recipient, state="pending",
                 transaction_name=ack.transaction_name, requester_ref=ack.requester_ref,
@@ -582,7 +584,8 @@ class Exchange:
             inspection = self.validator.inspect(inbound.body, strict=inbound.strict)
             # What can be prepared without the store is, here: the database (which, with
             # several workers, they take turns at) is what transactions queue for.
-            forward = ForwardTemplate.prepare(inbound.body) if inspection.accepted else None
+            forwarded = inspection.accepted and inspection.transaction_name != _QUERY
+            forward = ForwardTemplate.prepare(inbound.body) if forwarded else None
             self.validator.precheck_matrix(inspection)
             prepared = Prepared.of(inbound, inspection)
             timings["validate_ms"] = round((time.perf_counter() - started) * 1000, 3)
