@@ -303,6 +303,32 @@ def set_affinity(cpus: list[int] | None) -> Any:
     return lambda: os.sched_setaffinity(0, set(cpus))
 
 
+#: The line each hub worker's SQLite writer logs when it stops (gsem.db.pool.WriterStats.summary).
+WRITER_SUMMARY = re.compile(
+    r"database writer: ([\d,]+) transactions in ([\d,]+) commits? \([\d.]+ per commit\) in ([\d.]+) s from the first to the last; "
+    r"the write lock held ([\d.]+) s .*?waited for it ([\d.]+) s; a commit took ([\d.]+) ms")
+
+
+def writer_figures(lines: list[str]) -> dict[str, float] | None:
+    """The hub's writer summaries, summed over its workers, from their first write to their last.
+
+    The workers hold the lock in turn, so the seconds they held it add up to how long the
+    database was busy; the share of the time that is says whether it is the limit.
+    """
+    found = [m.groups() for m in map(WRITER_SUMMARY.search, lines) if m]
+    if not found:
+        return None
+    tx = sum(int(f[0].replace(",", "")) for f in found)
+    commits = sum(int(f[1].replace(",", "")) for f in found)
+    up = max(float(f[2]) for f in found)
+    held = sum(float(f[3]) for f in found)
+    committing = sum(int(f[1].replace(",", "")) * float(f[5]) / 1000 for f in found)
+    return {"transactions": tx, "commits": commits, "per_commit": round(tx / max(commits, 1), 1),
+            "lock_busy": round(held / up, 3), "held_ms_per_tx": round(held / max(tx, 1) * 1000, 3),
+            "waited_s": round(sum(float(f[4]) for f in found), 1),
+            "commit_ms": round(committing / max(commits, 1) * 1000, 2)}
+
+
 class Server:
     """A hub or baseline server process, its port and its logs."""
 
@@ -321,6 +347,7 @@ class Server:
         self.acks = 0
         self.acks_yes = 0
         self.stderr_tail: list[str] = []
+        self.writer_lines: list[str] = []
         self.log_counts = {"warn": 0, "error": 0}
         self.stderr_log = open(log_dir / f"{kind}-stderr.log", "w", encoding="utf-8")  # noqa: SIM115
         self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -345,6 +372,8 @@ class Server:
             line = raw.decode("utf-8", "replace")
             self.stderr_log.write(line)
             self.stderr_tail = (self.stderr_tail + [line])[-50:]
+            if "database writer: " in line:
+                self.writer_lines.append(line)
             if "#warn]" in line:
                 self.log_counts["warn"] += 1
             if "#error]" in line or "#critical]" in line or "Traceback" in line:
@@ -676,6 +705,7 @@ def run_phase(settings: Settings, name: str, kind: str, workers: int | None = No
     counts = result.pop("_server_counts")
     result["server_log"] = {"warnings": server.log_counts["warn"], "errors": server.log_counts["error"]}
     if kind == "hub":
+        result["writer"] = writer_figures(server.writer_lines)
         result["hub_acks_logged"] = counts["acks_logged"]
         result["hub_acks_yes_logged"] = counts["acks_yes_logged"]
         if counts["acks_yes_logged"] != result["ok"]:
@@ -687,6 +717,11 @@ def run_phase(settings: Settings, name: str, kind: str, workers: int | None = No
         f"errors {result['errors']}, server CPU {fmt(result['server_cpu_s_per_1000'])} s/1000 tx "
         f"({result['server_cores_busy']:.2f} cores), peak {result['server_vmhwm_mib']:.0f} MiB, "
         f"load generator {fmt(result['loadgen_cpu_us_per_tx'], 0)} µs CPU/tx")
+    if result.get("writer"):
+        w = result["writer"]
+        say(f"  writer (warm-up included): the database held {w['lock_busy']:.0%} of the time, "
+            f"{w['held_ms_per_tx']:.2f} ms per transaction, {w['per_commit']:.1f} transactions per commit, "
+            f"a commit {w['commit_ms']:.1f} ms")
     if result["errors"]:
         say(f"  !! {result['errors']} transactions were not accepted: {result['error_kinds']}")
     return result

@@ -26,16 +26,21 @@ import contextlib
 import fcntl
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
+
+log = Logger()
 
 __all__ = ["DBThreadPool", "GroupCommitWriter", "WriterLock", "run_in_transaction", "run_batch", "run_calls",
            "BATCH_MAX"]
@@ -218,6 +223,31 @@ class DBThreadPool:
         return await deferToThreadPool(reactor, self._threadpool, self._run_locked, fn, *args, **kwargs)
 
 
+@dataclass
+class WriterStats:
+    """What a :class:`GroupCommitWriter` did, for the summary it logs when it stops."""
+
+    transactions: int = 0  # calls run
+    commits: int = 0
+    held: float = 0.0  # seconds the writer lock was this process's
+    waited: float = 0.0  # seconds waiting for it (other workers, or the CLI, writing)
+    committing: float = 0.0  # seconds in COMMIT, mostly the disk's fsync
+    first: float | None = None  # time.monotonic() when the lock was first taken ...
+    last: float = 0.0  # ... and last released
+
+    def summary(self) -> str:
+        """One line for the log: throughput of the lock, and where its time went."""
+        up = max(self.last - (self.first or self.last), 1e-9)
+        per_commit = self.transactions / self.commits if self.commits else 0.0
+        per_tx = self.held / self.transactions * 1000 if self.transactions else 0.0
+        commit_ms = self.committing / self.commits * 1000 if self.commits else 0.0
+        return (f"database writer: {self.transactions:,} transactions in {self.commits:,} "
+                f"commit{'' if self.commits == 1 else 's'} ({per_commit:.1f} per commit) "
+                f"in {up:.1f} s from the first to the last; the write lock held {self.held:.1f} s "
+                f"({self.held / up:.0%}, {per_tx:.2f} ms per transaction), waited for it {self.waited:.1f} s; "
+                f"a commit took {commit_ms:.1f} ms on average")
+
+
 class GroupCommitWriter:
     """The SQLite group commit of a server's transactions, run on the reactor thread.
 
@@ -258,6 +288,8 @@ class GroupCommitWriter:
         # A transaction begun by the thread for the next batch (guarded by _finished_lock).
         self._opened: _Opened | None = None
         self._stopping = False
+        self.stats = WriterStats()
+        self._acquired_at = 0.0
 
     @property
     def running(self) -> bool:
@@ -271,6 +303,7 @@ class GroupCommitWriter:
 
             self._reactor = global_reactor
         self._stopping = False
+        self.stats = WriterStats()
         if not self._thread.started:
             self._thread.start()
 
@@ -300,7 +333,12 @@ class GroupCommitWriter:
         lock when a process that does not take the writer lock (the command line) holds
         it, so the reactor serves meanwhile.
         """
+        asked = time.monotonic()
         self._lock.acquire()
+        self._acquired_at = time.monotonic()
+        self.stats.waited += self._acquired_at - asked
+        if self.stats.first is None:
+            self.stats.first = self._acquired_at
         self._holding = True
         conn: sa.Connection | None = None
         try:
@@ -325,6 +363,7 @@ class GroupCommitWriter:
         conn, transaction, failure = opened
         batch = [self._queue.popleft() for _ in range(min(self.batch_max, len(self._queue)))]
         deferreds = [d for _, d in batch]
+        self.stats.transactions += len(batch)
         if conn is not None and transaction is not None:
             try:
                 outcomes = run_calls(conn, [call for call, _ in batch])
@@ -342,6 +381,7 @@ class GroupCommitWriter:
     def _commit(self, conn: sa.Connection, transaction: sa.RootTransaction, deferreds: list[Deferred[Any]],
                 outcomes: list[tuple[bool, Any]]) -> None:
         """In the thread: the one commit of a batch, then the lock goes to the next writer."""
+        committing = time.monotonic()
         try:
             transaction.commit()
         except Exception:
@@ -353,10 +393,14 @@ class GroupCommitWriter:
         finally:
             conn.close()
             self._release()
+            self.stats.committing += time.monotonic() - committing
+            self.stats.commits += 1
         self._finish(deferreds, outcomes)
         self._reactor.callFromThread(self._answer_finished)
 
     def _release(self) -> None:
+        self.stats.last = time.monotonic()
+        self.stats.held += self.stats.last - self._acquired_at
         self._holding = False
         self._lock.release()
 
@@ -394,14 +438,19 @@ class GroupCommitWriter:
             opened[0].close()  # begun, nothing written yet: rolled back
         if self._queue and not self._holding:
             self._lock.acquire()
+            self._acquired_at = time.monotonic()
             self._holding = True
         while self._queue:
             batch = [self._queue.popleft() for _ in range(min(self.batch_max, len(self._queue)))]
             _answer([d for _, d in batch], run_batch(self.engine, [call for call, _ in batch]))
+            self.stats.transactions += len(batch)
+            self.stats.commits += 1
         if self._holding:
             self._release()
         self._busy = False
         self._lock.close()
+        if self.stats.commits:
+            log.info("{summary}", summary=self.stats.summary())
 
 
 def _answer(deferreds: list[Deferred[Any]], outcomes: list[tuple[bool, Any]]) -> None:

@@ -95,6 +95,10 @@ async def test_queued_calls_share_one_commit_and_are_answered_after_it(database:
     assert commits[0] == 1
     assert _partner_ids(database) == [f"P{i:02}" for i in range(10)]
     other.close()
+    # What the writer logs when it stops: how much it batched, how long it held the lock.
+    summary = database._writer.stats.summary()  # type: ignore[union-attr]
+    assert summary.startswith("database writer: 10 transactions in 1 commit (10.0 per commit) in ")
+    assert database._writer.stats.waited >= 0.1  # type: ignore[union-attr]
 
 
 async def _served_while_waiting(database: Database, release: Callable[[], object], partner_id: str) -> None:
