@@ -10,8 +10,14 @@ Each stage adds work to the one before, so the differences show what each costs:
    element-count and depth checks around the parse);
 4. gsem validate_document: the whole contract (parse, prune, cardinalities, schema,
    matrix, rules, state) as ``gsem validate`` runs it;
-5. gsem inspect + precheck: what the hub runs for every inbound document before its
-   database transaction (the same work but the state check).
+5. gsem inspect + precheck: validation as the hub runs it for every inbound document
+   before its database transaction (the same work but the state check);
+6. hub before the store: everything ``Exchange.receive`` does before the database
+   transaction, per document, over the nine documents of ``tests/fixtures/lifecycle``;
+7. acknowledgement log line: ``AckLog.write`` of one accepted transaction's line, to
+   ``/dev/null``.
+
+``--stages 6,7`` runs only some of them.
 
 On a shared machine, ``--cpu`` pins to a core other than the first and ``--clock thread``
 times the CPU this thread used rather than the wall clock, which other processes on the
@@ -26,6 +32,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 # Runnable from a checkout without installing: the package sits next to bench/.
@@ -33,7 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lxml import etree  # noqa: E402
 
+from gsem.acklog import AckLog  # noqa: E402
 from gsem.contract import Role  # noqa: E402
+from gsem.exchange import Inbound, Outcome, Prepared  # noqa: E402
+from gsem.incident import ForwardTemplate  # noqa: E402
 from gsem.schema import incident_schema  # noqa: E402
 from gsem.validation import DocumentValidator, validate_document  # noqa: E402
 from gsem.xmlsafe import parse_document  # noqa: E402
@@ -81,6 +91,37 @@ DOCUMENT = b"""\
 """
 
 
+LIFECYCLE = sorted((Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "lifecycle").glob("*.xml"))
+#: Who sends each lifecycle document (tests/fixtures/lifecycle/README.md).
+SENDERS = ("ACME", "GLOBEX", "ACME", "GLOBEX", "GLOBEX", "ACME", "GLOBEX", "ACME", "ACME")
+
+
+def _lifecycle_inbounds() -> list[Inbound]:
+    received = datetime(2026, 11, 22, 8, 3, 42)
+    return [Inbound(partner_id=partner, fingerprint="f" * 64, body=path.read_bytes(), received_at=received)
+            for path, partner in zip(LIFECYCLE, SENDERS, strict=True)]
+
+
+def _before_store(validator: DocumentValidator, inbound: Inbound) -> object:
+    """What ``Exchange.receive`` does with *inbound* before its database transaction."""
+    timings = {"read_ms": round(inbound.read_ms, 3)}
+    started = time.perf_counter()
+    inspection = validator.inspect(inbound.body, strict=inbound.strict)
+    forwarded = inspection.accepted and inspection.transaction_name != "Query_Incident"
+    forward = ForwardTemplate.prepare(inbound.body) if forwarded else None
+    validator.precheck_matrix(inspection)
+    prepared = Prepared.of(inbound, inspection)
+    timings["validate_ms"] = round((time.perf_counter() - started) * 1000, 3)
+    return inspection, forward, prepared
+
+
+def _ack_log_line(log: AckLog, inbound: Inbound) -> None:
+    outcome = Outcome(200, b"", {
+        "result": "Yes", "transaction": "Entitlement", "requester_id": "ACME-INC-20931", "provider_id": "GX-55012",
+        "state": "Entitled", "errors": [], "ack_id": "01JD0000000000000000000000"})
+    log.write(inbound, outcome, {"read_ms": 0.012, "validate_ms": 0.21, "decide_ms": 0.15, "total_ms": 1.234})
+
+
 def _pin_to_one_core(core: int | None) -> str:
     if not hasattr(os, "sched_setaffinity"):
         return "not pinned (no sched_setaffinity)"
@@ -120,6 +161,7 @@ def main() -> int:
         "--clock", choices=("wall", "thread"), default="wall",
         help="wall: elapsed time (default); thread: this thread's CPU time, for a busy machine",
     )
+    parser.add_argument("--stages", help="the stages to run, by number: 6,7 (default: all)")
     args = parser.parse_args()
     clock = time.perf_counter_ns if args.clock == "wall" else time.thread_time_ns
 
@@ -156,6 +198,15 @@ def main() -> int:
         ),
         ("gsem inspect + precheck", lambda: validator.precheck_matrix(validator.inspect(DOCUMENT))),
     ]
+    inbounds = _lifecycle_inbounds()
+    cycle = iter(range(1 << 62))
+    stages.append(("hub before the store", lambda: _before_store(validator, inbounds[next(cycle) % len(inbounds)])))
+    null = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - open for the whole run
+    ack_log = AckLog(null, {"worker": 1})
+    stages.append(("acknowledgement log line", lambda: _ack_log_line(ack_log, inbounds[1])))
+    if args.stages:
+        wanted = {int(number) for number in args.stages.split(",")}
+        stages = [stage for number, stage in enumerate(stages, 1) if number in wanted]
 
     print(f"document: {len(DOCUMENT)} bytes, Service_Request; {_pin_to_one_core(args.cpu)}; {args.clock} clock")
     print(
