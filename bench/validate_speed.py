@@ -108,7 +108,7 @@ def _before_store(validator: DocumentValidator, inbound: Inbound) -> object:
     started = time.perf_counter()
     inspection = validator.inspect(inbound.body, strict=inbound.strict)
     forwarded = inspection.accepted and inspection.transaction_name != "Query_Incident"
-    forward = ForwardTemplate.prepare(inbound.body) if forwarded else None
+    forward = ForwardTemplate.prepare(inbound.body, inspection.root) if forwarded else None
     validator.precheck_matrix(inspection)
     prepared = Prepared.of(inbound, inspection)
     timings["validate_ms"] = round((time.perf_counter() - started) * 1000, 3)

@@ -585,7 +585,7 @@ class Exchange:
             # What can be prepared without the store is, here: the database (which, with
             # several workers, they take turns at) is what transactions queue for.
             forwarded = inspection.accepted and inspection.transaction_name != _QUERY
-            forward = ForwardTemplate.prepare(inbound.body) if forwarded else None
+            forward = ForwardTemplate.prepare(inbound.body, inspection.root) if forwarded else None
             self.validator.precheck_matrix(inspection)
             prepared = Prepared.of(inbound, inspection)
             timings["validate_ms"] = round((time.perf_counter() - started) * 1000, 3)
