@@ -141,9 +141,17 @@ def test_what_the_matrix_drops_is_not_acknowledged(db: Database, validator: Docu
 
 def test_preparing_outside_stores_what_deciding_inside_stores(tmp_path: Path, validator: DocumentValidator,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """A whole lifecycle, prepared before each transaction or not, stores the same rows."""
+    """A whole lifecycle, prepared before each transaction or not, stores the same rows.
+
+    Query_Incident, whose matrix is checked before the transaction whoever sends it, is
+    sent by both parties, also with an element its matrix ignores.
+    """
     monkeypatch.setattr("gsem.exchange._now", lambda: dt.datetime(2026, 11, 22, 8, 3, 42))
     senders = ["ACME", "GLOBEX", "ACME", "GLOBEX", "GLOBEX", "ACME", "GLOBEX", "ACME", "ACME"]
+    query = LIFECYCLE[8].read_bytes()
+    ignored = query.replace(b"</RequesterID>", b"</RequesterID><Comment>not read</Comment>")
+    steps = [*zip(senders, [path.read_bytes() for path in LIFECYCLE], strict=True),
+             ("GLOBEX", query), ("ACME", ignored), ("GLOBEX", ignored)]
     stored = []
     for prepare in (True, False):
         database = Database(f"sqlite:///{tmp_path / f'{prepare}.db'}")
@@ -151,9 +159,9 @@ def test_preparing_outside_stores_what_deciding_inside_stores(tmp_path: Path, va
         database.run_sync(partners.add_partner, "ACME", "Acme")
         database.run_sync(partners.add_partner, "GLOBEX", "Globex")
         database.run_sync(partners.add_agreement, "ACME", "GLOBEX", "C-100")
-        for sender, path in zip(senders, LIFECYCLE, strict=True):
-            [outcome] = _commit(database, _call(validator, sender, path.read_bytes(), prepare=prepare))
-            assert outcome.log_fields["result"] == "Yes", path.name
+        for sender, body in steps:
+            [outcome] = _commit(database, _call(validator, sender, body, prepare=prepare))
+            assert outcome.log_fields["result"] == "Yes", body
         rows = {}
         with database.engine.connect() as conn:
             for table in ("incidents", "messages", "acknowledgements", "idempotency_keys", "deliveries"):
@@ -162,7 +170,8 @@ def test_preparing_outside_stores_what_deciding_inside_stores(tmp_path: Path, va
                 rows[table] = [tuple(r) for r in found]
         database.engine.dispose()
         for table in ("messages", "acknowledgements"):
-            assert len(rows[table]) == len(LIFECYCLE)
+            assert len(rows[table]) == len(steps)
+        assert sum(b"ignored-element" in row[-1] for row in rows["acknowledgements"]) == 2
         # The acknowledgements differ only by their ids.
         rows["acknowledgements"] = [tuple(etree.tostring(_without_id(v)) if isinstance(v, bytes) else v for v in r)
                                     for r in rows["acknowledgements"]]
