@@ -42,8 +42,7 @@ from lxml import etree  # noqa: E402
 
 from gsem.acklog import AckLog  # noqa: E402
 from gsem.contract import Role  # noqa: E402
-from gsem.exchange import Inbound, Outcome, Prepared  # noqa: E402
-from gsem.incident import ForwardTemplate  # noqa: E402
+from gsem.exchange import Inbound, Outcome, prepare_inbound  # noqa: E402
 from gsem.schema import incident_schema  # noqa: E402
 from gsem.validation import DocumentValidator, validate_document  # noqa: E402
 from gsem.xmlsafe import parse_document  # noqa: E402
@@ -106,13 +105,9 @@ def _before_store(validator: DocumentValidator, inbound: Inbound) -> object:
     """What ``Exchange.receive`` does with *inbound* before its database transaction."""
     timings = {"read_ms": round(inbound.read_ms, 3)}
     started = time.perf_counter()
-    inspection = validator.inspect(inbound.body, strict=inbound.strict)
-    forwarded = inspection.accepted and inspection.transaction_name != "Query_Incident"
-    forward = ForwardTemplate.prepare(inbound.body, inspection.root) if forwarded else None
-    validator.precheck_matrix(inspection)
-    prepared = Prepared.of(inbound, inspection)
+    prepared = prepare_inbound(validator, inbound)
     timings["validate_ms"] = round((time.perf_counter() - started) * 1000, 3)
-    return inspection, forward, prepared
+    return prepared
 
 
 def _ack_log_line(log: AckLog, inbound: Inbound) -> None:

@@ -13,14 +13,16 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import given
+from hypothesis import strategies as st
 from lxml import etree
 
 from gsem.db import model, partners
 from gsem.db.connector import Database
 from gsem.db.pool import run_batch
-from gsem.exchange import Inbound, Outcome, Prepared, decide_and_store
-from gsem.incident import ForwardTemplate
-from gsem.validation import DocumentValidator
+from gsem.errors import AckCode, Problem
+from gsem.exchange import Inbound, Outcome, Prepared, decide_and_store, prepare_inbound
+from gsem.validation import DocumentValidator, Inspection
 
 LIFECYCLE = sorted((Path(__file__).resolve().parents[1] / "fixtures" / "lifecycle").glob("0*.xml"))
 RECEIVED = dt.datetime(2026, 11, 22, 8, 3, 41, 500000)
@@ -57,12 +59,10 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> list[dt.datetime]:
 def _call(validator: DocumentValidator, partner: str, body: bytes, *, prepare: bool = True) -> object:
     """One call of a group commit, prepared as ``Exchange.receive`` prepares it (or not at all)."""
     inbound = Inbound(partner_id=partner, fingerprint="f" * 64, body=body, received_at=RECEIVED)
-    inspection = validator.inspect(body)
     if not prepare:
+        inspection = validator.inspect(body)
         return lambda conn: decide_and_store(conn, inbound, inspection, validator, {})
-    forward = ForwardTemplate.prepare(body)
-    validator.precheck_matrix(inspection)
-    prepared = Prepared.of(inbound, inspection)
+    inspection, forward, prepared = prepare_inbound(validator, inbound)
     return lambda conn: decide_and_store(conn, inbound, inspection, validator, {}, forward, prepared)
 
 
@@ -183,3 +183,26 @@ def _without_id(document: bytes) -> etree._Element:
     root = etree.fromstring(document)
     root.find("AckID").text = "-"
     return root
+
+
+#: Root children in which Prepared finds its texts, in every shape its reading must tell apart.
+TEXT_CHILDREN = ["<RequesterID>R-1</RequesterID>", "<RequesterID>  R-2 </RequesterID>", "<RequesterID> </RequesterID>",
+                 "<RequesterID/>", "<ProviderID>P-1</ProviderID>", "<ProviderID>\u00a0</ProviderID>", "<ProviderID/>",
+                 "<AGREEMENT><ContractID>C-1;CN=x</ContractID></AGREEMENT>", "<AGREEMENT><ContractID/></AGREEMENT>",
+                 "<AGREEMENT><AgreementType>t</AgreementType></AGREEMENT>",
+                 "<AGREEMENT><X/><ContractID> C-2 </ContractID><ContractID>C-3</ContractID></AGREEMENT>",
+                 "<PROBLEM/>", "<PROBLEM><STATEMENT/></PROBLEM>", "<Comment>RequesterID</Comment>", "<!-- c -->",
+                 "<Nest><RequesterID>inner</RequesterID><ContractID>inner</ContractID></Nest>"]
+
+
+@given(children=st.lists(st.sampled_from(TEXT_CHILDREN), max_size=8))
+def test_prepared_reads_the_texts_elementpath_reads(children: list[str]) -> None:
+    """Prepared's one pass over the root finds what findtext and find find."""
+    root = etree.fromstring(("<SERVICE_INCIDENT>" + "".join(children) + "</SERVICE_INCIDENT>").encode())
+    inspection = Inspection(tree=etree.ElementTree(root), errors=[Problem(AckCode.SCHEMA_VIOLATION, "no change")])
+    prepared = Prepared.of(Inbound(partner_id="ACME", fingerprint="f" * 64, body=b"", received_at=RECEIVED),
+                           inspection)
+    assert prepared.requester_ref == ((root.findtext("RequesterID") or "").strip() or None)
+    assert prepared.provider_ref == ((root.findtext("ProviderID") or "").strip() or None)
+    assert prepared.contract == root.findtext("AGREEMENT/ContractID")
+    assert prepared.problem is (root.find("PROBLEM") is not None)
