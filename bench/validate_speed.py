@@ -15,7 +15,9 @@ Each stage adds work to the one before, so the differences show what each costs:
 6. hub before the store: everything ``Exchange.receive`` does before the database
    transaction, per document, over the nine documents of ``tests/fixtures/lifecycle``;
 7. acknowledgement log line: ``AckLog.write`` of one accepted transaction's line, to
-   ``/dev/null``.
+   ``/dev/null``;
+8. HTTP answer: ``gsem.web.answer`` of an acknowledgement to a POST that Twisted's web
+   server parsed from an in-memory transport (only the answer is timed; TLS is not in it).
 
 ``--stages 6,7`` runs only some of them.
 
@@ -39,12 +41,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lxml import etree  # noqa: E402
+from twisted.internet.testing import StringTransport  # noqa: E402
+from twisted.web.resource import Resource  # noqa: E402
+from twisted.web.server import NOT_DONE_YET, Request  # noqa: E402
 
+from gsem.ack import Acknowledgement  # noqa: E402
 from gsem.acklog import AckLog  # noqa: E402
 from gsem.contract import Role  # noqa: E402
 from gsem.exchange import Inbound, Outcome, prepare_inbound  # noqa: E402
 from gsem.schema import incident_schema  # noqa: E402
 from gsem.validation import DocumentValidator, validate_document  # noqa: E402
+from gsem.web import answer, listener_site  # noqa: E402
 from gsem.xmlsafe import parse_document  # noqa: E402
 
 DOCUMENT = b"""\
@@ -115,6 +122,50 @@ def _ack_log_line(log: AckLog, inbound: Inbound) -> None:
         "result": "Yes", "transaction": "Entitlement", "requester_id": "ACME-INC-20931", "provider_id": "GX-55012",
         "state": "Entitled", "errors": [], "ack_id": "01JD0000000000000000000000"})
     log.write(inbound, outcome, {"read_ms": 0.012, "validate_ms": 0.21, "decide_ms": 0.15, "total_ms": 1.234})
+
+
+class _Held(Resource):
+    """Keeps each POST open, as InboundTransactionResource does until its transaction commits."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[Request] = []
+
+    def render_POST(self, request: Request) -> object:  # noqa: N802 - Twisted's name
+        self.held.append(request)
+        return NOT_DONE_YET
+
+
+def _answer_stage(iterations: int, clock: Callable[[], int], inbound: Inbound) -> list[float]:
+    """Time ``answer`` alone, each time on a request the channel has just parsed."""
+    held = _Held()
+    channel = listener_site(held, max_body_bytes=1 << 20, idle_timeout=60).buildProtocol(None)
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    post = (b"POST /sis/v1/transactions HTTP/1.1\r\nHost: hub\r\nContent-Type: application/xml\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(inbound.body), inbound.body))
+    outcome = Outcome(200, _ACK, {})
+    timings = []
+    for _ in range(iterations):
+        channel.dataReceived(post)
+        request = held.held.pop()
+        start = clock()
+        _respond(request, outcome)
+        timings.append((clock() - start) / 1000)
+        transport.clear()
+    channel.connectionLost(None)
+    return timings
+
+
+def _respond(request: Request, outcome: Outcome) -> None:
+    answer(request, outcome)
+
+
+_ACK = Acknowledgement(ack_id="01JD0000000000000000000000", received_at=datetime(2026, 11, 22, 8, 3, 42),
+                       digest="0" * 64, transaction_name="Entitlement", requester_ref="ACME-INC-20931",
+                       provider_ref="GX-55012", current_state="Entitled").to_bytes()
 
 
 def _pin_to_one_core(core: int | None) -> str:
@@ -199,9 +250,9 @@ def main() -> int:
     null = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - open for the whole run
     ack_log = AckLog(null, {"worker": 1})
     stages.append(("acknowledgement log line", lambda: _ack_log_line(ack_log, inbounds[1])))
-    if args.stages:
-        wanted = {int(number) for number in args.stages.split(",")}
-        stages = [stage for number, stage in enumerate(stages, 1) if number in wanted]
+    stages.append(("HTTP answer", lambda: None))  # timed by _answer_stage
+    wanted = {int(number) for number in args.stages.split(",")} if args.stages else set(range(1, len(stages) + 1))
+    stages = [stage for number, stage in enumerate(stages, 1) if number in wanted]
 
     print(f"document: {len(DOCUMENT)} bytes, Service_Request; {_pin_to_one_core(args.cpu)}; {args.clock} clock")
     print(
@@ -211,7 +262,11 @@ def main() -> int:
     print()
     print(f"{'stage':<28} {'mean µs':>9} {'p50 µs':>9} {'p99 µs':>9} {'documents/s':>12}")
     for name, work in stages:
-        _report(name, _measure(work, args.warmup, args.iterations, clock))
+        if name == "HTTP answer":
+            _answer_stage(args.warmup, clock, inbounds[1])
+            _report(name, _answer_stage(args.iterations, clock, inbounds[1]))
+        else:
+            _report(name, _measure(work, args.warmup, args.iterations, clock))
     return 0
 
 
