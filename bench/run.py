@@ -785,7 +785,7 @@ def measure_inprocess(settings: Settings, seconds: float, size: str = "2k") -> d
         "commit_floor_us": floor,
         "errors": errors,
     }
-    say(f"  => {result['tps']:,.1f} tx/s ({fmt(total_us, 0)} µs per transaction: parse+schema "
+    say(f"  => {result['tps']:,.1f} tx/s ({fmt(total_us, 0)} µs per transaction: validate+prepare "
         f"{fmt(result['inspect_us']['mean'], 0)} µs, decide+store+commit "
         f"{fmt(result['decide_and_commit_us']['mean'], 0)} µs of which CPU "
         f"{fmt(result['decide_and_commit_cpu_us']['mean'], 0)} µs); a bare durable commit takes "
