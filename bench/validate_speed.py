@@ -10,8 +10,16 @@ Each stage adds work to the one before, so the differences show what each costs:
    element-count and depth checks around the parse);
 4. gsem validate_document: the whole contract (parse, prune, cardinalities, schema,
    matrix, rules, state) as ``gsem validate`` runs it;
-5. gsem inspect + precheck: what the hub runs for every inbound document before its
-   database transaction (the same work but the state check).
+5. gsem inspect + precheck: validation as the hub runs it for every inbound document
+   before its database transaction (the same work but the state check);
+6. hub before the store: everything ``Exchange.receive`` does before the database
+   transaction, per document, over the nine documents of ``tests/fixtures/lifecycle``;
+7. acknowledgement log line: ``AckLog.write`` of one accepted transaction's line, to
+   ``/dev/null``;
+8. HTTP answer: ``gsem.web.answer`` of an acknowledgement to a POST that Twisted's web
+   server parsed from an in-memory transport (only the answer is timed; TLS is not in it).
+
+``--stages 6,7`` runs only some of them.
 
 On a shared machine, ``--cpu`` pins to a core other than the first and ``--clock thread``
 times the CPU this thread used rather than the wall clock, which other processes on the
@@ -26,16 +34,24 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 # Runnable from a checkout without installing: the package sits next to bench/.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lxml import etree  # noqa: E402
+from twisted.internet.testing import StringTransport  # noqa: E402
+from twisted.web.resource import Resource  # noqa: E402
+from twisted.web.server import NOT_DONE_YET, Request  # noqa: E402
 
+from gsem.ack import Acknowledgement  # noqa: E402
+from gsem.acklog import AckLog  # noqa: E402
 from gsem.contract import Role  # noqa: E402
+from gsem.exchange import Inbound, Outcome, prepare_inbound  # noqa: E402
 from gsem.schema import incident_schema  # noqa: E402
 from gsem.validation import DocumentValidator, validate_document  # noqa: E402
+from gsem.web import answer, listener_site  # noqa: E402
 from gsem.xmlsafe import parse_document  # noqa: E402
 
 DOCUMENT = b"""\
@@ -81,6 +97,77 @@ DOCUMENT = b"""\
 """
 
 
+LIFECYCLE = sorted((Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "lifecycle").glob("*.xml"))
+#: Who sends each lifecycle document (tests/fixtures/lifecycle/README.md).
+SENDERS = ("ACME", "GLOBEX", "ACME", "GLOBEX", "GLOBEX", "ACME", "GLOBEX", "ACME", "ACME")
+
+
+def _lifecycle_inbounds() -> list[Inbound]:
+    received = datetime(2026, 11, 22, 8, 3, 42)
+    return [Inbound(partner_id=partner, fingerprint="f" * 64, body=path.read_bytes(), received_at=received)
+            for path, partner in zip(LIFECYCLE, SENDERS, strict=True)]
+
+
+def _before_store(validator: DocumentValidator, inbound: Inbound) -> object:
+    """What ``Exchange.receive`` does with *inbound* before its database transaction."""
+    timings = {"read_ms": round(inbound.read_ms, 3)}
+    started = time.perf_counter()
+    prepared = prepare_inbound(validator, inbound)
+    timings["validate_ms"] = round((time.perf_counter() - started) * 1000, 3)
+    return prepared
+
+
+def _ack_log_line(log: AckLog, inbound: Inbound) -> None:
+    outcome = Outcome(200, b"", {
+        "result": "Yes", "transaction": "Entitlement", "requester_id": "ACME-INC-20931", "provider_id": "GX-55012",
+        "state": "Entitled", "errors": [], "ack_id": "01JD0000000000000000000000"})
+    log.write(inbound, outcome, {"read_ms": 0.012, "validate_ms": 0.21, "decide_ms": 0.15, "total_ms": 1.234})
+
+
+class _Held(Resource):
+    """Keeps each POST open, as InboundTransactionResource does until its transaction commits."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[Request] = []
+
+    def render_POST(self, request: Request) -> object:  # noqa: N802 - Twisted's name
+        self.held.append(request)
+        return NOT_DONE_YET
+
+
+def _answer_stage(iterations: int, clock: Callable[[], int], inbound: Inbound) -> list[float]:
+    """Time ``answer`` alone, each time on a request the channel has just parsed."""
+    held = _Held()
+    channel = listener_site(held, max_body_bytes=1 << 20, idle_timeout=60).buildProtocol(None)
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    post = (b"POST /sis/v1/transactions HTTP/1.1\r\nHost: hub\r\nContent-Type: application/xml\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(inbound.body), inbound.body))
+    outcome = Outcome(200, _ACK, {})
+    timings = []
+    for _ in range(iterations):
+        channel.dataReceived(post)
+        request = held.held.pop()
+        start = clock()
+        _respond(request, outcome)
+        timings.append((clock() - start) / 1000)
+        transport.clear()
+    channel.connectionLost(None)
+    return timings
+
+
+def _respond(request: Request, outcome: Outcome) -> None:
+    answer(request, outcome)
+
+
+_ACK = Acknowledgement(ack_id="01JD0000000000000000000000", received_at=datetime(2026, 11, 22, 8, 3, 42),
+                       digest="0" * 64, transaction_name="Entitlement", requester_ref="ACME-INC-20931",
+                       provider_ref="GX-55012", current_state="Entitled").to_bytes()
+
+
 def _pin_to_one_core(core: int | None) -> str:
     if not hasattr(os, "sched_setaffinity"):
         return "not pinned (no sched_setaffinity)"
@@ -120,6 +207,7 @@ def main() -> int:
         "--clock", choices=("wall", "thread"), default="wall",
         help="wall: elapsed time (default); thread: this thread's CPU time, for a busy machine",
     )
+    parser.add_argument("--stages", help="the stages to run, by number: 6,7 (default: all)")
     args = parser.parse_args()
     clock = time.perf_counter_ns if args.clock == "wall" else time.thread_time_ns
 
@@ -156,6 +244,15 @@ def main() -> int:
         ),
         ("gsem inspect + precheck", lambda: validator.precheck_matrix(validator.inspect(DOCUMENT))),
     ]
+    inbounds = _lifecycle_inbounds()
+    cycle = iter(range(1 << 62))
+    stages.append(("hub before the store", lambda: _before_store(validator, inbounds[next(cycle) % len(inbounds)])))
+    null = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - open for the whole run
+    ack_log = AckLog(null, {"worker": 1})
+    stages.append(("acknowledgement log line", lambda: _ack_log_line(ack_log, inbounds[1])))
+    stages.append(("HTTP answer", lambda: None))  # timed by _answer_stage
+    wanted = {int(number) for number in args.stages.split(",")} if args.stages else set(range(1, len(stages) + 1))
+    stages = [stage for number, stage in enumerate(stages, 1) if number in wanted]
 
     print(f"document: {len(DOCUMENT)} bytes, Service_Request; {_pin_to_one_core(args.cpu)}; {args.clock} clock")
     print(
@@ -165,7 +262,11 @@ def main() -> int:
     print()
     print(f"{'stage':<28} {'mean µs':>9} {'p50 µs':>9} {'p99 µs':>9} {'documents/s':>12}")
     for name, work in stages:
-        _report(name, _measure(work, args.warmup, args.iterations, clock))
+        if name == "HTTP answer":
+            _answer_stage(args.warmup, clock, inbounds[1])
+            _report(name, _answer_stage(args.iterations, clock, inbounds[1]))
+        else:
+            _report(name, _measure(work, args.warmup, args.iterations, clock))
     return 0
 
 

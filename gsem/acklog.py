@@ -8,6 +8,9 @@ from typing import IO, Any
 
 __all__ = ["AckLog"]
 
+#: ``json.dumps(record, separators=...)`` builds an encoder per call; one will do.
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
 
 class AckLog:
     """Writes one JSON object per line to *stream* (standard output by default).
@@ -39,5 +42,5 @@ class AckLog:
 
     def emit(self, record: dict[str, Any]) -> None:
         """Write one record as one JSON line."""
-        self.stream.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self.stream.write(_ENCODER.encode(record) + "\n")
         self.stream.flush()

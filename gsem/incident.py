@@ -219,6 +219,8 @@ def forwarded_document(document: bytes, *, state: str, provider_ref: str | None)
 #: Stands for the ProviderID's text while a :class:`ForwardTemplate` is made.
 _MARK = "\ue000gsem-provider-id\ue000"
 _CLOSE = b"</SERVICE_INCIDENT>"
+#: The XML declaration lxml writes before a document in UTF-8.
+_DECLARATION = b"<?xml version='1.0' encoding='UTF-8'?>\n"
 
 
 @dataclass(frozen=True)
@@ -237,8 +239,16 @@ class ForwardTemplate:
     tail: bytes
 
     @classmethod
-    def prepare(cls, document: bytes) -> ForwardTemplate | None:
-        """The template of *document*; None when it cannot be made (then use the function)."""
+    def prepare(cls, document: bytes, parsed: etree._Element | None = None) -> ForwardTemplate | None:
+        """The template of *document*; None when it cannot be made (then use the function).
+
+        *parsed*, when given, is *document*'s root element as already parsed (by the
+        hardened parser): :meth:`of_parsed` then spares a second parse when it can.
+        """
+        if parsed is not None:
+            template = cls.of_parsed(document, parsed)
+            if template is not None:
+                return template
         try:
             root = etree.fromstring(document, etree.XMLParser(resolve_entities=False, no_network=True))
         except etree.XMLSyntaxError:
@@ -265,6 +275,46 @@ class ForwardTemplate:
         if provider_text is None:
             return None
         return cls(head, provider_text, tail)
+
+    @classmethod
+    def of_parsed(cls, document: bytes, root: etree._Element) -> ForwardTemplate | None:
+        """:meth:`prepare` of *document* made from *root*, its parsed root element, without
+        parsing it again; None when *root* does not show that this is exact.
+
+        It is exact when lxml writes *root* (its ProviderID aside) as exactly the bytes of
+        *document* between the XML declaration and trailing white space: then parsing
+        *document* again gives a tree lxml writes the same way, and what :meth:`prepare`
+        writes for it is those bytes.  Most documents partners send are written so; one
+        with a comment, a CDATA section, an entity or character reference, an empty
+        element ``<a></a>``, single-quoted attributes, or a tree the validator has pruned
+        is not, and gets None.  *root* is left as it was.
+        """
+        start = 0
+        if document.startswith(b"<?xml") and document[5:6].isspace():
+            start = document.find(b"?>") + 2  # the XML declaration, which lxml writes its own way
+        written = document[start:].strip()
+        if not written.endswith(_CLOSE) or root.tag != "SERVICE_INCIDENT":
+            return None
+        for _ in root.iterchildren("CurrentState", "Acknowledge"):
+            return None  # removed by the function: the bytes would have to be cut
+        provider = next(root.iterchildren("ProviderID"), None)
+        if provider is None:
+            if etree.tostring(root, encoding="UTF-8") != written:
+                return None
+            return cls(_DECLARATION + written[: -len(_CLOSE)], None, b"")
+        original = provider.text
+        if original is None or len(provider):
+            return None  # not ``<ProviderID>text</ProviderID>``, which the function also declines
+        provider.text = _MARK
+        try:
+            marked = etree.tostring(root, encoding="UTF-8")
+        finally:
+            provider.text = original
+        head, mark, tail = marked.partition(_MARK.encode())
+        provider_text = _element_text(etree.tostring(provider, encoding="UTF-8", with_tail=False))
+        if not mark or mark in tail or provider_text is None or head + provider_text + tail != written:
+            return None
+        return cls(_DECLARATION + head, provider_text, tail[: -len(_CLOSE)])
 
     def render(self, *, state: str, provider_ref: str | None) -> bytes:
         """The forwarded document for the decided *state* and *provider_ref*."""

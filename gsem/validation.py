@@ -330,17 +330,19 @@ class DocumentValidator:
         """Check the field matrix now when only one declaration can apply to the document.
 
         Which declaration applies depends on the sender's role in the incident, known only
-        inside the database transaction; but most transactions have one declaration with
-        one sender.  For those the matrix is checked here, outside the transaction, and
+        inside the database transaction; but most transactions have one declaration (with
+        one sender, or like Query_Incident one for either party: the same matrix whoever
+        sends it).  For those the matrix is checked here, outside the transaction, and
         its problems kept aside: :meth:`apply_matrix` adds them where :meth:`check_matrix`
         would have.  The elements the declaration does not use are dropped already
-        (RequesterID and ProviderID, read before the matrix, are used by every
-        declaration that can be addressed to an incident).
+        (:meth:`inspect` dropped those no declaration of the transaction uses, so with one
+        declaration none are left to drop; RequesterID and ProviderID, read before the
+        matrix, are used by every declaration that can be addressed to an incident).
         """
         if inspection.root is None or inspection.transaction_name is None:
             return
         specs = registry.specs_named(inspection.transaction_name)
-        if len(specs) != 1 or len(specs[0].sender) != 1:
+        if len(specs) != 1:
             return
         found = Inspection(tree=inspection.tree)
         self.check_matrix(found, specs[0])

@@ -26,7 +26,7 @@ from gsem.exchange import Exchange, Inbound, Outcome
 from gsem.mailbox import MailboxResource
 from gsem.tls import PartnerIdentity, partner_of
 
-__all__ = ["InboundTransactionResource", "LimitedRequest", "build_site", "listener_site", "ACK_CONTENT_TYPE"]
+__all__ = ["InboundTransactionResource", "LimitedRequest", "answer", "build_site", "listener_site", "ACK_CONTENT_TYPE"]
 
 log = Logger()
 ACK_CONTENT_TYPE = b"application/xml; charset=utf-8"
@@ -137,12 +137,7 @@ class InboundTransactionResource(Resource):
         def respond(outcome: Outcome) -> None:
             if finished[0]:
                 return  # the partner went away; the acknowledgement stays in the log
-            request.setResponseCode(outcome.http_status)
-            request.setHeader(b"Content-Type", ACK_CONTENT_TYPE)
-            if outcome.http_status == 503:
-                request.setHeader(b"Retry-After", b"1")
-            request.write(outcome.document)
-            request.finish()
+            answer(request, outcome)
 
         def failed(failure: Failure) -> None:
             # A bug, not a rejection: log it, and tell the partner only that nothing was kept.
@@ -151,6 +146,21 @@ class InboundTransactionResource(Resource):
 
         Deferred.fromCoroutine(self.exchange.receive(inbound)).addCallbacks(respond, failed)
         return NOT_DONE_YET
+
+
+def answer(request: Request, outcome: Outcome) -> None:
+    """Send *outcome*'s acknowledgement as the response to *request*.
+
+    With its Content-Length: without one Twisted sends the body chunked, and ends it
+    with a chunk of its own, one more write (one more TLS record) per answer.
+    """
+    request.setResponseCode(outcome.http_status)
+    request.setHeader(b"Content-Type", ACK_CONTENT_TYPE)
+    request.setHeader(b"Content-Length", b"%d" % len(outcome.document))
+    if outcome.http_status == 503:
+        request.setHeader(b"Retry-After", b"1")
+    request.write(outcome.document)
+    request.finish()
 
 
 class _Site(Site):

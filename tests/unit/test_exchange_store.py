@@ -13,14 +13,16 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import given
+from hypothesis import strategies as st
 from lxml import etree
 
 from gsem.db import model, partners
 from gsem.db.connector import Database
 from gsem.db.pool import run_batch
-from gsem.exchange import Inbound, Outcome, Prepared, decide_and_store
-from gsem.incident import ForwardTemplate
-from gsem.validation import DocumentValidator
+from gsem.errors import AckCode, Problem
+from gsem.exchange import Inbound, Outcome, Prepared, decide_and_store, prepare_inbound
+from gsem.validation import DocumentValidator, Inspection
 
 LIFECYCLE = sorted((Path(__file__).resolve().parents[1] / "fixtures" / "lifecycle").glob("0*.xml"))
 RECEIVED = dt.datetime(2026, 11, 22, 8, 3, 41, 500000)
@@ -57,12 +59,10 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> list[dt.datetime]:
 def _call(validator: DocumentValidator, partner: str, body: bytes, *, prepare: bool = True) -> object:
     """One call of a group commit, prepared as ``Exchange.receive`` prepares it (or not at all)."""
     inbound = Inbound(partner_id=partner, fingerprint="f" * 64, body=body, received_at=RECEIVED)
-    inspection = validator.inspect(body)
     if not prepare:
+        inspection = validator.inspect(body)
         return lambda conn: decide_and_store(conn, inbound, inspection, validator, {})
-    forward = ForwardTemplate.prepare(body)
-    validator.precheck_matrix(inspection)
-    prepared = Prepared.of(inbound, inspection)
+    inspection, forward, prepared = prepare_inbound(validator, inbound)
     return lambda conn: decide_and_store(conn, inbound, inspection, validator, {}, forward, prepared)
 
 
@@ -141,9 +141,17 @@ def test_what_the_matrix_drops_is_not_acknowledged(db: Database, validator: Docu
 
 def test_preparing_outside_stores_what_deciding_inside_stores(tmp_path: Path, validator: DocumentValidator,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """A whole lifecycle, prepared before each transaction or not, stores the same rows."""
+    """A whole lifecycle, prepared before each transaction or not, stores the same rows.
+
+    Query_Incident, whose matrix is checked before the transaction whoever sends it, is
+    sent by both parties, also with an element its matrix ignores.
+    """
     monkeypatch.setattr("gsem.exchange._now", lambda: dt.datetime(2026, 11, 22, 8, 3, 42))
     senders = ["ACME", "GLOBEX", "ACME", "GLOBEX", "GLOBEX", "ACME", "GLOBEX", "ACME", "ACME"]
+    query = LIFECYCLE[8].read_bytes()
+    ignored = query.replace(b"</RequesterID>", b"</RequesterID><Comment>not read</Comment>")
+    steps = [*zip(senders, [path.read_bytes() for path in LIFECYCLE], strict=True),
+             ("GLOBEX", query), ("ACME", ignored), ("GLOBEX", ignored)]
     stored = []
     for prepare in (True, False):
         database = Database(f"sqlite:///{tmp_path / f'{prepare}.db'}")
@@ -151,9 +159,9 @@ def test_preparing_outside_stores_what_deciding_inside_stores(tmp_path: Path, va
         database.run_sync(partners.add_partner, "ACME", "Acme")
         database.run_sync(partners.add_partner, "GLOBEX", "Globex")
         database.run_sync(partners.add_agreement, "ACME", "GLOBEX", "C-100")
-        for sender, path in zip(senders, LIFECYCLE, strict=True):
-            [outcome] = _commit(database, _call(validator, sender, path.read_bytes(), prepare=prepare))
-            assert outcome.log_fields["result"] == "Yes", path.name
+        for sender, body in steps:
+            [outcome] = _commit(database, _call(validator, sender, body, prepare=prepare))
+            assert outcome.log_fields["result"] == "Yes", body
         rows = {}
         with database.engine.connect() as conn:
             for table in ("incidents", "messages", "acknowledgements", "idempotency_keys", "deliveries"):
@@ -162,7 +170,8 @@ def test_preparing_outside_stores_what_deciding_inside_stores(tmp_path: Path, va
                 rows[table] = [tuple(r) for r in found]
         database.engine.dispose()
         for table in ("messages", "acknowledgements"):
-            assert len(rows[table]) == len(LIFECYCLE)
+            assert len(rows[table]) == len(steps)
+        assert sum(b"ignored-element" in row[-1] for row in rows["acknowledgements"]) == 2
         # The acknowledgements differ only by their ids.
         rows["acknowledgements"] = [tuple(etree.tostring(_without_id(v)) if isinstance(v, bytes) else v for v in r)
                                     for r in rows["acknowledgements"]]
@@ -174,3 +183,26 @@ def _without_id(document: bytes) -> etree._Element:
     root = etree.fromstring(document)
     root.find("AckID").text = "-"
     return root
+
+
+#: Root children in which Prepared finds its texts, in every shape its reading must tell apart.
+TEXT_CHILDREN = ["<RequesterID>R-1</RequesterID>", "<RequesterID>  R-2 </RequesterID>", "<RequesterID> </RequesterID>",
+                 "<RequesterID/>", "<ProviderID>P-1</ProviderID>", "<ProviderID>\u00a0</ProviderID>", "<ProviderID/>",
+                 "<AGREEMENT><ContractID>C-1;CN=x</ContractID></AGREEMENT>", "<AGREEMENT><ContractID/></AGREEMENT>",
+                 "<AGREEMENT><AgreementType>t</AgreementType></AGREEMENT>",
+                 "<AGREEMENT><X/><ContractID> C-2 </ContractID><ContractID>C-3</ContractID></AGREEMENT>",
+                 "<PROBLEM/>", "<PROBLEM><STATEMENT/></PROBLEM>", "<Comment>RequesterID</Comment>", "<!-- c -->",
+                 "<Nest><RequesterID>inner</RequesterID><ContractID>inner</ContractID></Nest>"]
+
+
+@given(children=st.lists(st.sampled_from(TEXT_CHILDREN), max_size=8))
+def test_prepared_reads_the_texts_elementpath_reads(children: list[str]) -> None:
+    """Prepared's one pass over the root finds what findtext and find find."""
+    root = etree.fromstring(("<SERVICE_INCIDENT>" + "".join(children) + "</SERVICE_INCIDENT>").encode())
+    inspection = Inspection(tree=etree.ElementTree(root), errors=[Problem(AckCode.SCHEMA_VIOLATION, "no change")])
+    prepared = Prepared.of(Inbound(partner_id="ACME", fingerprint="f" * 64, body=b"", received_at=RECEIVED),
+                           inspection)
+    assert prepared.requester_ref == ((root.findtext("RequesterID") or "").strip() or None)
+    assert prepared.provider_ref == ((root.findtext("ProviderID") or "").strip() or None)
+    assert prepared.contract == root.findtext("AGREEMENT/ContractID")
+    assert prepared.problem is (root.find("PROBLEM") is not None)

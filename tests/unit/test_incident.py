@@ -27,8 +27,11 @@ from gsem.incident import (
     merge_stored_parts,
     stored_parts,
 )
+from gsem.validation import DocumentValidator
+from gsem.xmlsafe import parse_document
 
 FIXTURES = sorted((Path(__file__).resolve().parents[1] / "fixtures" / "lifecycle").glob("*.xml"))
+VALIDATOR = DocumentValidator()
 STATES = ["Beginning", "Entitled", "Accepted", "Information_Requested", "Resolved", "Closed"]
 
 
@@ -177,6 +180,74 @@ def test_any_provider_ref_forwards_the_same(provider_ref: str | None, state: str
     assert template is not None
     assert template.render(state=state, provider_ref=provider_ref) == forwarded_document(
         body, state=state, provider_ref=provider_ref)
+
+
+def _hardened(body: bytes) -> etree._Element:
+    """*body*'s root as the hub's validator parses it (comments and PIs dropped)."""
+    return parse_document(body).getroot()
+
+
+@pytest.mark.parametrize("path", FIXTURES, ids=lambda p: p.name)
+def test_the_lifecycle_is_forwarded_from_the_parsed_tree_without_a_second_parse(path: Path) -> None:
+    """The hub's case: the template comes from the validator's tree, the same as from the body."""
+    body = path.read_bytes()
+    root = VALIDATOR.inspect(body).root
+    assert root is not None
+    before = etree.tostring(root)
+    template = ForwardTemplate.of_parsed(body, root)
+    assert template is not None
+    assert template == ForwardTemplate.prepare(body)
+    assert ForwardTemplate.prepare(body, root) == template
+    assert etree.tostring(root) == before
+    for provider_ref in (None, "GX-1"):
+        assert template.render(state="Entitled", provider_ref=provider_ref) == forwarded_document(
+            body, state="Entitled", provider_ref=provider_ref)
+
+
+#: Root children, some in shapes lxml does not write back as they are sent.
+FORWARD_CHILDREN = [
+    "<RequesterID>R-1</RequesterID>", "<ProviderID>GX-1</ProviderID>", "<ProviderID>P&amp;1 &gt; \u00e9</ProviderID>",
+    '<ProviderID a="1">P1</ProviderID>', "<ProviderID a='1'>P1</ProviderID>", "<ProviderID/>",
+    "<ProviderID></ProviderID>", "<ProviderID>P<!-- c -->1</ProviderID>", "<ProviderID><![CDATA[P<1]]></ProviderID>",
+    "<ProviderID>&#80;1</ProviderID>", "<ProviderID>P\r1</ProviderID>", "<ProviderID>P&#13;1</ProviderID>",
+    "<ProviderID>\ue000gsem-provider-id\ue000</ProviderID>", "<Comment>\ue000gsem-provider-id\ue000</Comment>",
+    "<ProviderID><X>P</X></ProviderID>", "<CurrentState>X</CurrentState>", "<Acknowledge>No</Acknowledge>",
+    "<Comment>a &amp; b &lt;c&gt; \"q\" 'a' \u00e9\u4e2d</Comment>", "<Comment>a > b</Comment>",
+    "<!-- a comment -->", "<?pi x?>", "<Comment >spaced</Comment >", "<Empty></Empty>", "<Empty/>",
+    '<Spaced xmlns:x="urn:x" x:a="1">n</Spaced>', '<Q a="&quot;&#10;">q</Q>',
+    "<ACTIVITY>\n    <LocalDate>2026-11-22 08:03:40</LocalDate>\n    <ActionLog>x</ActionLog>\n  </ACTIVITY>",
+    "<Mixed>a<b>b</b>c</Mixed>", "<Nest><ProviderID>inner</ProviderID></Nest>",
+]
+PROLOGS = ["", '<?xml version="1.0" encoding="UTF-8"?>\n', "<?xml version='1.0'?>", '<?xml version="1.0"?>\n\n',
+           "\n", "<!-- before -->\n", '<?xml version="1.0"?><?pi x?>', "\ufeff"]
+EPILOGS = ["", "\n", "\n\n  ", "<!-- after -->", "<?pi y?>\n"]
+
+
+@given(prolog=st.sampled_from(PROLOGS), children=st.lists(st.sampled_from(FORWARD_CHILDREN), max_size=7),
+       gap=st.sampled_from(["", "\n  ", " ", "\t"]), epilog=st.sampled_from(EPILOGS),
+       provider_ref=st.sampled_from([None, "GX-9", "P&<>\r\"'x"]))
+@example(prolog="", children=["<ProviderID>GX-1</ProviderID>"], gap="", epilog="", provider_ref=None)
+def test_a_template_from_the_parsed_tree_is_the_template_of_the_body(
+        prolog: str, children: list[str], gap: str, epilog: str, provider_ref: str | None) -> None:
+    """of_parsed either declines or makes exactly what prepare makes; the tree is left alone."""
+    body = (prolog + "<SERVICE_INCIDENT>" + gap + gap.join(children) + gap + "</SERVICE_INCIDENT>" + epilog).encode()
+    root = _hardened(body)
+    before = etree.tostring(root)
+    template = ForwardTemplate.of_parsed(body, root)
+    assert etree.tostring(root) == before
+    if template is None:
+        return
+    assert template == ForwardTemplate.prepare(body)
+    assert template.render(state="Entitled", provider_ref=provider_ref) == forwarded_document(
+        body, state="Entitled", provider_ref=provider_ref)
+
+
+def test_documents_lxml_writes_as_sent_are_not_parsed_again() -> None:
+    """The shapes partners send: declaration or not, indented or not, ProviderID or not."""
+    for body in (b"<SERVICE_INCIDENT><RequesterID>R</RequesterID></SERVICE_INCIDENT>",
+                 b'<?xml version="1.0" encoding="UTF-8"?>\n<SERVICE_INCIDENT>\n  <ProviderID>P&amp;1</ProviderID>\n'
+                 b"  <Comment>x</Comment>\n</SERVICE_INCIDENT>\n"):
+        assert ForwardTemplate.of_parsed(body, _hardened(body)) == ForwardTemplate.prepare(body) is not None
 
 
 #: Children a document may bring, including shapes the joined merge must leave to lxml.
