@@ -45,14 +45,17 @@ _RACE_RETRIES = 3
 # call (``.values(**literals)``) cost more CPU than running it, and SQLAlchemy's compiled
 # cache only helps when the statement object need not be rebuilt and re-keyed each time.
 _incidents = model.incidents
-_keys = model.idempotency_keys
+_messages = model.messages
 _acks = model.acknowledgements
-#: The idempotency key and, in the same round trip, the acknowledgement it was answered with.
+#: The idempotency key (an accepted message's, ``uq_messages_partner_key``) and, in the same
+#: round trip, the acknowledgement it was answered with.  ``model.KEYED`` is the index's
+#: own condition, so that the index serves the lookup.
 _SELECT_KEY = (
-    sa.select(_keys.c.digest, _keys.c.ack_id, _acks.c.document, _acks.c.http_status, _acks.c.transaction_name,
-              _acks.c.requester_ref, _acks.c.provider_ref, _acks.c.state_after)
-    .select_from(_keys.outerjoin(_acks, _acks.c.ack_id == _keys.c.ack_id))
-    .where(_keys.c.partner_id == sa.bindparam("partner_id"), _keys.c.key == sa.bindparam("key"))
+    sa.select(_messages.c.digest, _messages.c.ack_id, _acks.c.document, _acks.c.http_status,
+              _acks.c.transaction_name, _acks.c.requester_ref, _acks.c.provider_ref, _acks.c.state_after)
+    .select_from(_messages.outerjoin(_acks, _acks.c.ack_id == _messages.c.ack_id))
+    .where(_messages.c.partner_id == sa.bindparam("partner_id"),
+           _messages.c.idempotency_key == sa.bindparam("key"), model.KEYED)
 )
 _SELECT_BY_REF = (
     sa.select(_incidents).where(_incidents.c.requester_ref == sa.bindparam("requester_ref")).with_for_update()
@@ -71,7 +74,6 @@ _INSERT_INCIDENT = _incidents.insert()
 _UPDATE_INCIDENT = _incidents.update().where(_incidents.c.id == sa.bindparam("incident_id"))
 _INSERT_MESSAGE = model.messages.insert()
 _INSERT_ACK = _acks.insert()
-_INSERT_KEY = _keys.insert()
 _INSERT_DELIVERY = model.deliveries.insert()
 
 
@@ -209,7 +211,6 @@ _HOT_INSERT_INCIDENT = _Hot(_INSERT_INCIDENT)
 _HOT_UPDATE_INCIDENT = _Hot(_UPDATE_INCIDENT)
 _HOT_INSERT_MESSAGE = _Hot(_INSERT_MESSAGE)
 _HOT_INSERT_ACK = _Hot(_INSERT_ACK)
-_HOT_INSERT_KEY = _Hot(_INSERT_KEY)
 _HOT_INSERT_DELIVERY = _Hot(_INSERT_DELIVERY)
 _ADVISORY_LOCK = sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:pair, 0))")
 
@@ -376,7 +377,8 @@ def decide_and_store(conn: Connection, inbound: Inbound, inspection: Inspection,
     now = _now()
 
     _wait_for_same_key(conn, inbound.partner_id, key)
-    known = _HOT_SELECT_KEY.first(store, {"partner_id": inbound.partner_id, "key": key})
+    # The message keeps a key's first 200 characters (the listener never reads more).
+    known = _HOT_SELECT_KEY.first(store, {"partner_id": inbound.partner_id, "key": key[:200]})
     if known is not None and known.digest == digest:
         original = known
         assert original.document is not None, f"acknowledgement {known.ack_id} of a kept key is missing"
@@ -482,16 +484,14 @@ def decide_and_store(conn: Connection, inbound: Inbound, inspection: Inspection,
                          state_before=state_before.value if state_before else None, state_after=ack.current_state,
                          http_status=http_status, result=result, error_codes=error_codes, document=document,
                          timings=timings)
-    if ack.accepted:
-        _HOT_INSERT_KEY.write(store, dict(partner_id=inbound.partner_id, key=key, digest=digest,
-                                        ack_id=ack.ack_id, created_at=now))
-        if spec is not None and spec.name != _QUERY and recipient is not None:
-            _HOT_INSERT_DELIVERY.write(store, dict(
-                message_id=message_id, incident_id=incident_id, recipient_id=recipient, state="pending",
-                transaction_name=ack.transaction_name, requester_ref=ack.requester_ref,
-                document=forward.render(state=ack.current_state, provider_ref=ack.provider_ref) if forward
-                else forwarded_document(inbound.body, state=ack.current_state, provider_ref=ack.provider_ref),
-                attempts=0, next_attempt_at=now, created_at=now, updated_at=now))
+    # The message, stored as accepted, holds the idempotency key now (``_SELECT_KEY``).
+    if ack.accepted and spec is not None and spec.name != _QUERY and recipient is not None:
+        _HOT_INSERT_DELIVERY.write(store, dict(
+            message_id=message_id, incident_id=incident_id, recipient_id=recipient, state="pending",
+            transaction_name=ack.transaction_name, requester_ref=ack.requester_ref,
+            document=forward.render(state=ack.current_state, provider_ref=ack.provider_ref) if forward
+            else forwarded_document(inbound.body, state=ack.current_state, provider_ref=ack.provider_ref),
+            attempts=0, next_attempt_at=now, created_at=now, updated_at=now))
     return Outcome(http_status, document, {
         "result": result, "transaction": ack.transaction_name,
         "requester_id": ack.requester_ref, "provider_id": ack.provider_ref, "state": ack.current_state,
