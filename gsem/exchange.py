@@ -57,8 +57,12 @@ _SELECT_KEY = (
     .where(_messages.c.partner_id == sa.bindparam("partner_id"),
            _messages.c.idempotency_key == sa.bindparam("key"), model.KEYED)
 )
+#: What the decision reads of an incident: not its times, whose text SQLite's processor
+#: would parse into datetimes for nothing.
 _SELECT_BY_REF = (
-    sa.select(_incidents).where(_incidents.c.requester_ref == sa.bindparam("requester_ref")).with_for_update()
+    sa.select(_incidents.c.id, _incidents.c.requester_id, _incidents.c.provider_id, _incidents.c.provider_ref,
+              _incidents.c.state, _incidents.c.document, _incidents.c.problem_with_request, _incidents.c.version)
+    .where(_incidents.c.requester_ref == sa.bindparam("requester_ref")).with_for_update()
 )
 _SELECT_OWN_REF = sa.select(_incidents.c.id).where(
     _incidents.c.requester_id == sa.bindparam("requester_id"),
@@ -305,7 +309,7 @@ def _apply_matrix(validator: DocumentValidator, inspection: Inspection, spec: Tr
 
 @dataclass
 class _Found:
-    incident: Any | None = None  # a row of model.incidents
+    incident: Any | None = None  # a row of model.incidents (the columns of _SELECT_BY_REF)
     role: Role | None = None
     problems: list[Problem] = field(default_factory=list)
 
