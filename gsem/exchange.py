@@ -45,17 +45,24 @@ _RACE_RETRIES = 3
 # call (``.values(**literals)``) cost more CPU than running it, and SQLAlchemy's compiled
 # cache only helps when the statement object need not be rebuilt and re-keyed each time.
 _incidents = model.incidents
-_keys = model.idempotency_keys
+_messages = model.messages
 _acks = model.acknowledgements
-#: The idempotency key and, in the same round trip, the acknowledgement it was answered with.
+#: The idempotency key (an accepted message's, ``uq_messages_partner_key``) and, in the same
+#: round trip, the acknowledgement it was answered with.  ``model.KEYED`` is the index's
+#: own condition, so that the index serves the lookup.
 _SELECT_KEY = (
-    sa.select(_keys.c.digest, _keys.c.ack_id, _acks.c.document, _acks.c.http_status, _acks.c.transaction_name,
-              _acks.c.requester_ref, _acks.c.provider_ref, _acks.c.state_after)
-    .select_from(_keys.outerjoin(_acks, _acks.c.ack_id == _keys.c.ack_id))
-    .where(_keys.c.partner_id == sa.bindparam("partner_id"), _keys.c.key == sa.bindparam("key"))
+    sa.select(_messages.c.digest, _messages.c.ack_id, _acks.c.document, _acks.c.http_status,
+              _acks.c.transaction_name, _acks.c.requester_ref, _acks.c.provider_ref, _acks.c.state_after)
+    .select_from(_messages.outerjoin(_acks, _acks.c.ack_id == _messages.c.ack_id))
+    .where(_messages.c.partner_id == sa.bindparam("partner_id"),
+           _messages.c.idempotency_key == sa.bindparam("key"), model.KEYED)
 )
+#: What the decision reads of an incident: not its times, whose text SQLite's processor
+#: would parse into datetimes for nothing.
 _SELECT_BY_REF = (
-    sa.select(_incidents).where(_incidents.c.requester_ref == sa.bindparam("requester_ref")).with_for_update()
+    sa.select(_incidents.c.id, _incidents.c.requester_id, _incidents.c.provider_id, _incidents.c.provider_ref,
+              _incidents.c.state, _incidents.c.document, _incidents.c.problem_with_request, _incidents.c.version)
+    .where(_incidents.c.requester_ref == sa.bindparam("requester_ref")).with_for_update()
 )
 _SELECT_OWN_REF = sa.select(_incidents.c.id).where(
     _incidents.c.requester_id == sa.bindparam("requester_id"),
@@ -71,7 +78,6 @@ _INSERT_INCIDENT = _incidents.insert()
 _UPDATE_INCIDENT = _incidents.update().where(_incidents.c.id == sa.bindparam("incident_id"))
 _INSERT_MESSAGE = model.messages.insert()
 _INSERT_ACK = _acks.insert()
-_INSERT_KEY = _keys.insert()
 _INSERT_DELIVERY = model.deliveries.insert()
 
 
@@ -110,6 +116,28 @@ def _once_per_value(process: Any) -> Any:
     return formatted
 
 
+#: Times a DATETIME processor is checked on: microseconds, none, a year below 1000.
+_SAMPLE_TIMES = (datetime(2026, 11, 22, 8, 3, 42, 70), datetime(2026, 11, 22, 8, 3, 42), datetime(999, 1, 2, 3, 4, 5, 6))
+
+
+def _isoformat_if_same(process: Any) -> Any:
+    """*process* (a DATETIME bind processor), as ``datetime.isoformat`` when that writes the same.
+
+    SQLite's processor formats with ``%``-formatting of each field, several times slower
+    than ``isoformat``, which writes the same text for a naive datetime (SQLAlchemy's
+    default storage format).  Checked on samples; any other processor is kept as it is.
+    """
+    if any(process(sample) != sample.isoformat(" ", "microseconds") for sample in _SAMPLE_TIMES):
+        return process
+
+    def formatted(value: Any) -> Any:
+        if value.__class__ is datetime and value.tzinfo is None:
+            return value.isoformat(" ", "microseconds")
+        return process(value)
+
+    return formatted
+
+
 def _getter(order: tuple[str, ...]) -> Any:
     """The values of *order* from a parameter dict, as a tuple."""
     if len(order) == 1:
@@ -133,7 +161,8 @@ class _Hot:
     def __init__(self, statement: Any) -> None:
         self.statement = statement
         self._compiled: dict[tuple[str, ...], tuple[str, Any, tuple[tuple[int, Any], ...]]] = {}
-        self._row: tuple[type, list[Any]] | None = None
+        #: The row type of a SELECT, and its columns' result processors by position.
+        self._row: tuple[Any, tuple[tuple[int, Any], ...]] | None = None
 
     def _prepare(self, conn: Connection, names: tuple[str, ...]) -> tuple[str, Any, tuple[tuple[int, Any], ...]]:
         dialect = conn.dialect
@@ -147,13 +176,16 @@ class _Hot:
             type_ = binds[name].type
             process = type_.dialect_impl(dialect).bind_processor(dialect)
             if process is not None:
-                processors.append((index, _once_per_value(process) if isinstance(type_, sa.DateTime) else process))
+                if isinstance(type_, sa.DateTime):
+                    process = _once_per_value(_isoformat_if_same(process))
+                processors.append((index, process))
         prepared = (compiled.string, _getter(order), tuple(processors))
         self._compiled[names] = prepared
         if self._row is None and self.statement.is_select:
             columns = list(self.statement.selected_columns)
             row_type = namedtuple("_HotRow", [c.key for c in columns])  # type: ignore[misc]
-            self._row = (row_type, [c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns])
+            processors = [c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns]
+            self._row = (row_type, tuple((i, p) for i, p in enumerate(processors) if p is not None))
         return prepared
 
     def _run(self, store: _Store, params: dict[str, Any]) -> Any:
@@ -191,8 +223,16 @@ class _Hot:
         cursor = self._run(store, params)
         assert self._row is not None
         row_type, processors = self._row
-        return [row_type(*[value if proc is None else proc(value) for value, proc in zip(raw, processors, strict=True)])
-                for raw in cursor.fetchall()]
+        found = cursor.fetchall()
+        if not processors:
+            return [row_type._make(raw) for raw in found]
+        rows = []
+        for raw in found:
+            values = list(raw)
+            for index, process in processors:
+                values[index] = process(values[index])
+            rows.append(row_type._make(values))
+        return rows
 
     def first(self, store: _Store, params: dict[str, Any]) -> Any:
         """Run the SELECT; its first row or ``None``."""
@@ -209,7 +249,6 @@ _HOT_INSERT_INCIDENT = _Hot(_INSERT_INCIDENT)
 _HOT_UPDATE_INCIDENT = _Hot(_UPDATE_INCIDENT)
 _HOT_INSERT_MESSAGE = _Hot(_INSERT_MESSAGE)
 _HOT_INSERT_ACK = _Hot(_INSERT_ACK)
-_HOT_INSERT_KEY = _Hot(_INSERT_KEY)
 _HOT_INSERT_DELIVERY = _Hot(_INSERT_DELIVERY)
 _ADVISORY_LOCK = sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:pair, 0))")
 
@@ -341,7 +380,7 @@ def _apply_matrix(validator: DocumentValidator, inspection: Inspection, spec: Tr
 
 @dataclass
 class _Found:
-    incident: Any | None = None  # a row of model.incidents
+    incident: Any | None = None  # a row of model.incidents (the columns of _SELECT_BY_REF)
     role: Role | None = None
     problems: list[Problem] = field(default_factory=list)
 
@@ -413,7 +452,8 @@ def decide_and_store(conn: Connection, inbound: Inbound, inspection: Inspection,
     now = _now()
 
     _wait_for_same_key(conn, inbound.partner_id, key)
-    known = _HOT_SELECT_KEY.first(store, {"partner_id": inbound.partner_id, "key": key})
+    # The message keeps a key's first 200 characters (the listener never reads more).
+    known = _HOT_SELECT_KEY.first(store, {"partner_id": inbound.partner_id, "key": key[:200]})
     if known is not None and known.digest == digest:
         original = known
         assert original.document is not None, f"acknowledgement {known.ack_id} of a kept key is missing"
@@ -519,16 +559,14 @@ def decide_and_store(conn: Connection, inbound: Inbound, inspection: Inspection,
                          state_before=state_before.value if state_before else None, state_after=ack.current_state,
                          http_status=http_status, result=result, error_codes=error_codes, document=document,
                          timings=timings)
-    if ack.accepted:
-        _HOT_INSERT_KEY.write(store, dict(partner_id=inbound.partner_id, key=key, digest=digest,
-                                        ack_id=ack.ack_id, created_at=now))
-        if spec is not None and spec.name != _QUERY and recipient is not None:
-            _HOT_INSERT_DELIVERY.write(store, dict(
-                message_id=message_id, incident_id=incident_id, recipient_id=recipient, state="pending",
-                transaction_name=ack.transaction_name, requester_ref=ack.requester_ref,
-                document=forward.render(state=ack.current_state, provider_ref=ack.provider_ref) if forward
-                else forwarded_document(inbound.body, state=ack.current_state, provider_ref=ack.provider_ref),
-                attempts=0, next_attempt_at=now, created_at=now, updated_at=now))
+    # The message, stored as accepted, holds the idempotency key now (``_SELECT_KEY``).
+    if ack.accepted and spec is not None and spec.name != _QUERY and recipient is not None:
+        _HOT_INSERT_DELIVERY.write(store, dict(
+            message_id=message_id, incident_id=incident_id, recipient_id=recipient, state="pending",
+            transaction_name=ack.transaction_name, requester_ref=ack.requester_ref,
+            document=forward.render(state=ack.current_state, provider_ref=ack.provider_ref) if forward
+            else forwarded_document(inbound.body, state=ack.current_state, provider_ref=ack.provider_ref),
+            attempts=0, next_attempt_at=now, created_at=now, updated_at=now))
     return Outcome(http_status, document, {
         "result": result, "transaction": ack.transaction_name,
         "requester_id": ack.requester_ref, "provider_id": ack.provider_ref, "state": ack.current_state,
@@ -579,9 +617,9 @@ def _record(store: _Store, inbound: Inbound, prepared: Prepared, now: datetime, 
             result: str, error_codes: list[str], document: bytes, timings: dict[str, float],
             duplicate_of: str | None = None) -> int:
     """Keep the message and the acknowledgement sent for it (SPEC §6: every message is kept)."""
-    kept_timings = dict(timings)
+    kept_timings: dict[str, Any] = timings
     if duplicate_of:
-        kept_timings["duplicate_of"] = duplicate_of  # type: ignore[assignment]
+        kept_timings = {**timings, "duplicate_of": duplicate_of}
     message_id = _HOT_INSERT_MESSAGE.insert(store, dict(
         partner_id=inbound.partner_id, cert_fingerprint=inbound.fingerprint, received_at=now, body=inbound.body,
         digest=prepared.digest, idempotency_key=prepared.key[:200], transaction_name=_clip(transaction_name, 64),

@@ -112,17 +112,17 @@ class IncidentChange:
             return etree.tostring(merge_stored_parts(incident, self.parts), encoding="UTF-8")
         for tag, text in self.written:
             if tag not in _APPENDED_BYTES:
-                for index, (other, _) in enumerate(children):
+                for index, (_, other) in enumerate(children):
                     if other == tag:
-                        children[index] = (tag, text)
+                        children[index] = (text, tag)
                         break
                 else:
-                    children.append((tag, text))
+                    children.append((text, tag))
             else:
-                children.append((tag, text))
+                children.append((text, tag))
         if not children:
             return _EMPTY
-        return _OPEN + b"".join(text for _, text in children) + _CLOSE
+        return _OPEN + b"".join([text for text, _ in children]) + _CLOSE
 
 
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True)
@@ -132,14 +132,19 @@ _CLOSE = b"</SERVICE_INCIDENT>"
 _EMPTY = b"<SERVICE_INCIDENT/>"
 #: Element names joined as bytes: ASCII names without a namespace prefix.
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
-_START = re.compile(rb"<([A-Za-z_][A-Za-z0-9_.-]*)[ />]")
+#: A child element, written, and its tag.  lxml escapes ">" in text and attribute values, so
+#: the first one ends the start tag: either ``/>``, or the element ends at the first end tag
+#: of its name (only a "<" can start one: the text between is skipped in runs).  Inside an
+#: element of its own name, that end tag is the inner one's; the outer one's is then left
+#: where a child should start, a gap (:func:`_children`).
+_CHILD = re.compile(rb"(<([A-Za-z_][A-Za-z0-9_.-]*)(?=[ />])(?:[^>]*/>|[^>]*>[^<]*(?:<(?!/\2>)[^<]*)*</\2>))")
 #: An element written with a start and an end tag and nothing between them: lxml writes
 #: one it parsed as ``<a/>``, so such an incident is not what it writes for its tree.
 _EMPTY_PAIR = re.compile(rb"<[^/>][^>]*(?<!/)></")
 
 
 def _children(stored: bytes) -> list[tuple[bytes, bytes]] | None:
-    """The children of a well-formed stored incident as (tag, bytes), as lxml would write
+    """The children of a well-formed stored incident as (bytes, tag), as lxml would write
     them again after parsing it; None when the incident is written in another shape.
 
     A namespace declaration anywhere also gives None: a child in a default namespace has
@@ -152,26 +157,12 @@ def _children(stored: bytes) -> list[tuple[bytes, bytes]] | None:
     if _EMPTY_PAIR.search(stored):
         return None
     end = len(stored) - len(_CLOSE)
-    position = len(_OPEN)
-    children = []
-    while position < end:
-        start = _START.match(stored, position)
-        if start is None:
-            return None  # text, a comment or an end tag where a child should start
-        tag = start.group(1)
-        # lxml escapes ">" in text and attribute values: the first one ends the start tag.
-        opened = stored.find(b">", position) + 1
-        if stored[opened - 2:opened] == b"/>":
-            closed = opened
-        else:
-            # Inside an element of its own name, the first end tag is the inner one's; the
-            # outer one's then comes where a child should start, and the scan gives up.
-            close = stored.find(b"</" + tag + b">", opened, end)
-            if close < 0:
-                return None
-            closed = close + len(tag) + 3
-        children.append((tag, stored[position:closed]))
-        position = closed
+    # One pass of the regular expression finds every child; they are the children only when
+    # they follow each other from the start to the end: text, a comment or an end tag
+    # where a child should start is skipped by findall, and leaves a gap.
+    children = _CHILD.findall(stored, len(_OPEN), end)
+    if sum(len(text) for text, _ in children) != end - len(_OPEN):
+        return None
     return children
 
 

@@ -15,7 +15,6 @@ __all__ = [
     "agreements",
     "incidents",
     "messages",
-    "idempotency_keys",
     "acknowledgements",
     "deliveries",
     "delivery_attempts",
@@ -98,7 +97,8 @@ messages = sa.Table(
     "messages",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("partner_id", sa.String(64), nullable=False, index=True),
+    # 0004_keys_on_messages dropped its index: no query looks messages up by partner alone
+    sa.Column("partner_id", sa.String(64), nullable=False),
     sa.Column("cert_fingerprint", sa.String(64), nullable=False),
     sa.Column("received_at", sa.DateTime, nullable=False),
     sa.Column("body", sa.LargeBinary, nullable=False),
@@ -114,17 +114,13 @@ messages = sa.Table(
     # {"read_ms": …, "validate_ms": …, "commit_ms": …} as JSON text
     sa.Column("timings", sa.Text, nullable=False, default="{}"),
 )
-
-#: Idempotency keys of accepted messages, per sending partner (SPEC §6).
-idempotency_keys = sa.Table(
-    "idempotency_keys",
-    metadata,
-    sa.Column("partner_id", sa.String(64), primary_key=True),
-    sa.Column("key", sa.String(200), primary_key=True),
-    sa.Column("digest", sa.String(64), nullable=False),
-    sa.Column("ack_id", sa.String(26), nullable=False),
-    sa.Column("created_at", sa.DateTime, nullable=False, index=True),
-)
+#: The idempotency keys (SPEC §6), per sending partner: an accepted message's key is bound
+#: to its digest and its acknowledgement (a replayed duplicate is stored as not accepted).
+#: Added by 0004_keys_on_messages, which replaced the table ``idempotency_keys``.
+#: A query must say ``accepted = true`` as this does for the database to use the index.
+KEYED = messages.c.accepted == sa.true()
+sa.Index("uq_messages_partner_key", messages.c.partner_id, messages.c.idempotency_key, unique=True,
+         sqlite_where=KEYED, postgresql_where=KEYED)
 
 #: The acknowledgement sent for every message (the operators' log).
 acknowledgements = sa.Table(
@@ -157,7 +153,8 @@ deliveries = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("message_id", sa.Integer, sa.ForeignKey("messages.id"), nullable=False),
-    sa.Column("incident_id", sa.Integer, sa.ForeignKey("incidents.id"), nullable=False, index=True),
+    # no index of its own since 0004_keys_on_messages: ix_deliveries_incident_order starts with it
+    sa.Column("incident_id", sa.Integer, sa.ForeignKey("incidents.id"), nullable=False),
     sa.Column("recipient_id", sa.String(64), nullable=False, index=True),
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("document", sa.LargeBinary, nullable=False),  # what the receiver gets

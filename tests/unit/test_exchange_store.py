@@ -8,15 +8,18 @@ stores must still be what SQLAlchemy and the decision inside the transaction wou
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from hypothesis import given
 from hypothesis import strategies as st
 from lxml import etree
 
+from gsem.ack import mark_duplicate
 from gsem.db import model, partners
 from gsem.db.connector import Database
 from gsem.db.pool import run_batch
@@ -28,7 +31,7 @@ LIFECYCLE = sorted((Path(__file__).resolve().parents[1] / "fixtures" / "lifecycl
 RECEIVED = dt.datetime(2026, 11, 22, 8, 3, 41, 500000)
 #: Every DATETIME column the transactions below write, by table.
 TIME_COLUMNS = {"incidents": ("created_at", "updated_at"), "messages": ("received_at",),
-                "acknowledgements": ("created_at",), "idempotency_keys": ("created_at",),
+                "acknowledgements": ("created_at",),
                 "deliveries": ("next_attempt_at", "created_at", "updated_at")}
 
 
@@ -56,9 +59,11 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> list[dt.datetime]:
     return times
 
 
-def _call(validator: DocumentValidator, partner: str, body: bytes, *, prepare: bool = True) -> object:
+def _call(validator: DocumentValidator, partner: str, body: bytes, *, prepare: bool = True,
+          key: str | None = None) -> object:
     """One call of a group commit, prepared as ``Exchange.receive`` prepares it (or not at all)."""
-    inbound = Inbound(partner_id=partner, fingerprint="f" * 64, body=body, received_at=RECEIVED)
+    inbound = Inbound(partner_id=partner, fingerprint="f" * 64, body=body, received_at=RECEIVED,
+                      idempotency_key=key)
     if not prepare:
         inspection = validator.inspect(body)
         return lambda conn: decide_and_store(conn, inbound, inspection, validator, {})
@@ -90,9 +95,8 @@ def test_stored_times_are_what_sqlalchemy_writes(db: Database, validator: Docume
     _commit(db, _call(validator, "GLOBEX", LIFECYCLE[1].read_bytes()))
 
     def sqlalchemy_writes(conn: sa.Connection) -> object:
-        conn.execute(model.idempotency_keys.insert().values(partner_id="X", key="k", digest="d", ack_id="a",
-                                                            created_at=now))
-        return conn.exec_driver_sql("SELECT created_at FROM idempotency_keys WHERE partner_id = 'X'").scalar()
+        conn.execute(model.partners.insert().values(id="X", name="X", created_at=now))
+        return conn.exec_driver_sql("SELECT created_at FROM partners WHERE id = 'X'").scalar()
 
     stored = list(_raw_times(db))
     expected = db.run_sync(sqlalchemy_writes)
@@ -164,7 +168,7 @@ def test_preparing_outside_stores_what_deciding_inside_stores(tmp_path: Path, va
             assert outcome.log_fields["result"] == "Yes", body
         rows = {}
         with database.engine.connect() as conn:
-            for table in ("incidents", "messages", "acknowledgements", "idempotency_keys", "deliveries"):
+            for table in ("incidents", "messages", "acknowledgements", "deliveries"):
                 columns = [c for c in model.metadata.tables[table].c if c.name not in ("ack_id", "timings")]
                 found = conn.execute(sa.select(*columns).order_by(*model.metadata.tables[table].primary_key)).all()
                 rows[table] = [tuple(r) for r in found]
@@ -206,3 +210,67 @@ def test_prepared_reads_the_texts_elementpath_reads(children: list[str]) -> None
     assert prepared.provider_ref == ((root.findtext("ProviderID") or "").strip() or None)
     assert prepared.contract == root.findtext("AGREEMENT/ContractID")
     assert prepared.problem is (root.find("PROBLEM") is not None)
+
+
+def _migrate(database: Database, revision: str, *, down: bool = False) -> None:
+    with database.engine.begin() as conn:
+        (command.downgrade if down else command.upgrade)(database._alembic_config(conn), revision)
+
+
+def test_keys_kept_before_0004_still_answer_resends(database_url: str, validator: DocumentValidator,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keys in the table of schema 0003 become the accepted messages' keys, and answer as before.
+
+    A database with an accepted Service_Request (body digest as key), an accepted Entitlement
+    (a partner's Idempotency-Key) and a rejected message is taken back to 0003, whose
+    ``idempotency_keys`` table is what gsem before 0004 wrote for them; upgraded again,
+    resends are duplicates with the original acknowledgements, the key with another body is
+    a conflict, and the rejected message's key binds nothing (docs/decisions.md 13).
+    """
+    now = dt.datetime(2026, 11, 22, 8, 3, 42)
+    monkeypatch.setattr("gsem.exchange._now", lambda: now)
+    database = Database(database_url)
+    try:
+        database.upgrade()
+        database.run_sync(partners.add_partner, "ACME", "Acme")
+        database.run_sync(partners.add_partner, "GLOBEX", "Globex")
+        request, entitlement = LIFECYCLE[0].read_bytes(), LIFECYCLE[1].read_bytes()
+        [refused] = _commit(database, _call(validator, "ACME", request))  # no agreement yet
+        database.run_sync(partners.add_agreement, "ACME", "GLOBEX", "C-100")
+        [first] = _commit(database, _call(validator, "ACME", request))
+        [second] = _commit(database, _call(validator, "GLOBEX", entitlement, key="ent-1"))
+        assert refused.log_fields["result"] == "No"
+        assert first.log_fields["result"] == second.log_fields["result"] == "Yes"
+
+        _migrate(database, "0003_requester_ref_index", down=True)
+        with database.engine.connect() as conn:
+            table = sa.table("idempotency_keys", *(sa.column(name) for name in ("partner_id", "key", "digest",
+                                                                              "ack_id")),
+                             sa.column("created_at", sa.DateTime))
+            keys = conn.execute(sa.select(table).order_by(table.c.partner_id)).all()
+        digest = hashlib.sha256(request).hexdigest()
+        assert [tuple(row) for row in keys] == [
+            ("ACME", digest, digest, first.log_fields["ack_id"], now),
+            ("GLOBEX", "ent-1", hashlib.sha256(entitlement).hexdigest(), second.log_fields["ack_id"], now)]
+
+        _migrate(database, "head")
+        assert database.current_revision() == "0004_keys_on_messages"
+        with database.engine.connect() as conn:
+            assert "idempotency_keys" not in sa.inspect(conn).get_table_names()
+        again, same_key, other_body = _commit(
+            database, _call(validator, "ACME", request), _call(validator, "GLOBEX", entitlement, key="ent-1"),
+            _call(validator, "GLOBEX", entitlement.replace(b"</SERVICE_INCIDENT>", b"<Comment>x</Comment>"
+                                                           b"</SERVICE_INCIDENT>"), key="ent-1"))
+        for resend, original in ((again, first), (same_key, second)):
+            assert resend.log_fields["duplicate_of"] == original.log_fields["ack_id"]
+            assert resend.http_status == original.http_status
+            assert resend.document == mark_duplicate(original.document)
+        # The conflict comes first; the document is still decided (here: entitled already).
+        assert other_body.log_fields["result"] == "No"
+        assert [e["code"] for e in other_body.log_fields["errors"]] == ["idempotency-conflict", "not-allowed-in-state"]
+        with database.engine.connect() as conn:
+            # The resends are messages of their own, not accepted: the original keeps the key.
+            accepted = conn.execute(sa.select(model.messages.c.accepted).order_by(model.messages.c.id)).scalars()
+            assert list(accepted) == [False, True, True, False, False, False]
+    finally:
+        database.stop()

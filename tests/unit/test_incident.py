@@ -273,6 +273,14 @@ ODD_STORED = [
     b"<SERVICE_INCIDENT><Nest><Nest>x</Nest></Nest><!-- c --></SERVICE_INCIDENT>",
     b"<SERVICE_INCIDENT><Nest><Nest>x</Nest><Nest/></Nest><Comment>y</Comment></SERVICE_INCIDENT>",
     b"<SERVICE_INCIDENT/>", b"<SERVICE_INCIDENT></SERVICE_INCIDENT>",
+    b"<SERVICE_INCIDENT><Nest><Comment></Comment></Nest></SERVICE_INCIDENT>",
+    b'<SERVICE_INCIDENT><Nest><Comment a="1"></Comment><N/></Nest></SERVICE_INCIDENT>',
+    b"<SERVICE_INCIDENT><Nest><!-- c --></Nest><Comment>y</Comment></SERVICE_INCIDENT>",
+    b"<SERVICE_INCIDENT><Nest><?p x?></Nest></SERVICE_INCIDENT>",
+    b"<SERVICE_INCIDENT><Nest>a<![CDATA[<b></b>]]></Nest></SERVICE_INCIDENT>",
+    b"<SERVICE_INCIDENT><Comment>x</Comment> </SERVICE_INCIDENT>",
+    b"<SERVICE_INCIDENT><Comment>x</Comment>tail<Nest/></SERVICE_INCIDENT>",
+    b"<SERVICE_INCIDENT><Comment\n>x</Comment></SERVICE_INCIDENT>",
 ]
 DOCUMENTS = st.lists(st.sampled_from(CHILDREN), max_size=6).map(
     lambda children: ("<SERVICE_INCIDENT>\n" + "\n".join(children) + "\n</SERVICE_INCIDENT>").encode())
