@@ -21,6 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 from lxml import etree
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from twisted.logger import Logger
 
 from gsem.ack import Acknowledgement, mark_duplicate
@@ -650,8 +651,6 @@ class Exchange:
 
     async def receive(self, inbound: Inbound) -> Outcome:
         """Validate and store *inbound*; the outcome's document is its acknowledgement."""
-        from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-
         started = time.perf_counter()
         timings: dict[str, float] = {"read_ms": round(inbound.read_ms, 3)}
         outcome: Outcome | None = None

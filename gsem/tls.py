@@ -518,6 +518,18 @@ class _PartnerTLSProtocol(BufferingTLSTransport):
     _handshake_finished = False
     _refusal_logged = False
     _handshake_timer: IDelayedCall | None = None
+    _host: Any = None
+
+    def getHost(self) -> Any:  # noqa: N802 - Twisted's name
+        """This end's address, asked of the socket once per connection.
+
+        Twisted web's ``Request`` asks for it on every request, and TCP answers each time
+        with a ``getsockname`` system call and a new address object; a connected
+        socket's own address does not change.
+        """
+        if self._host is None:
+            self._host = self.transport.getHost()
+        return self._host
 
     def makeConnection(self, transport: Any) -> None:  # noqa: N802
         """Start the handshake clock, then the TLS handshake itself."""

@@ -9,6 +9,9 @@ XML is answered ``malformed-xml`` and the server goes on serving.
 from __future__ import annotations
 
 import json
+import socket
+import ssl
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -130,3 +133,22 @@ def test_too_deep_document_is_too_large(limited_hub: RunningHub) -> None:
             b"<Comment>" + b"<a>" * 40 + b"</a>" * 40 + b"</Comment></SERVICE_INCIDENT>")
     status, ack = limited_hub.post("ACME", body)
     assert (status, ack_codes(ack)) == (413, ["too-large"])
+
+
+def test_partner_leaving_before_its_answer(limited_hub: RunningHub) -> None:
+    """A partner that closes its connection right after its request: the answer is logged, not sent, and the hub serves on."""
+    identity = limited_hub.identity("ACME")
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(limited_hub.ca_cert))
+    context.load_cert_chain(str(identity.cert), str(identity.key))
+    key = "leaves-before-its-answer"
+    request = (b"POST /sis/v1/transactions HTTP/1.1\r\nHost: hub\r\nContent-Type: application/xml\r\n"
+               b"Idempotency-Key: %s\r\nContent-Length: %d\r\n\r\n%s" % (key.encode(), len(QUERY), QUERY))
+    with socket.create_connection((limited_hub.host, limited_hub.port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname=limited_hub.host) as tls:
+            tls.sendall(request)
+    # Its acknowledgement is still decided, kept and logged.
+    deadline = time.monotonic() + 15
+    while not limited_hub.query("SELECT ack_id FROM messages WHERE idempotency_key = :key", key=key):
+        assert time.monotonic() < deadline, "the request of a partner that left was not kept"
+        time.sleep(0.05)
+    _still_serving(limited_hub)
