@@ -258,7 +258,8 @@ class GroupCommitWriter:
     A call is queued.  At the reactor's next turn (so that what was read in one turn shares
     a batch) the writer's thread takes the :class:`WriterLock` and begins a transaction,
     waiting as long as another process writes while the reactor goes on serving.  The
-    reactor thread then runs up to :attr:`batch_max` queued calls in that transaction, each
+    reactor thread then runs up to :attr:`batch_max` queued calls in that transaction (when
+    it next turns, or as soon as another call is queued if that comes first), each
     in its own SAVEPOINT (:func:`run_calls`), and hands the COMMIT, which waits for the
     disk, back to the thread, which releases the lock after it; the batch is answered on
     the reactor thread after that commit.  Calls queued meanwhile form the next batch.  A call's exception
@@ -335,6 +336,12 @@ class GroupCommitWriter:
         if not self._busy:
             self._busy = True
             self._reactor.callLater(0, self._turn)
+        elif self._opened is not None:
+            # The lock is ours and the transaction begun, but the reactor has not come to
+            # _granted yet: it may be reading and validating a whole poll's worth of
+            # requests first, tens of milliseconds in which the other workers wait for the
+            # lock.  Run the batch now, this call with it; _granted then finds nothing.
+            self._granted()
         return answer
 
     def _turn(self) -> None:

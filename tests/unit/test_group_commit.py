@@ -139,6 +139,54 @@ async def test_the_reactor_goes_on_while_the_command_line_holds_sqlites_write_lo
     cli.close()
 
 
+def _wait_until_taken(lock_path: str) -> None:
+    """Block the calling (reactor) thread until someone else holds the writer lock."""
+    import fcntl
+
+    deadline = time.monotonic() + 3.0
+    with open(lock_path, "a+b") as probe:
+        while time.monotonic() < deadline:
+            try:
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return
+            fcntl.flock(probe, fcntl.LOCK_UN)
+            time.sleep(0.001)
+    raise AssertionError("the writer never took the lock")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_call_queued_while_the_reactor_is_busy_runs_the_granted_batch_at_once(database: Database) -> None:
+    """The lock is granted while the reactor is busy: the next call queued runs the batch there and then.
+
+    Under load the reactor may spend tens of milliseconds reading and validating requests
+    before it comes back to the writer; the lock must not sit idle meanwhile, since the
+    other workers are waiting for it.
+    """
+    other = _other_process(database)
+    ran: list[str] = []
+
+    def recorded(partner_id: str) -> Callable[[Any], str]:
+        def thd(conn: Any) -> str:
+            ran.append(partner_id)
+            return _add(partner_id)(conn)
+        return thd
+
+    commits = _commits(database)
+    first = _submit(database, recorded("FIRST"))
+    await deferLater(reactor, 0.05, lambda: None)  # the writer's thread now waits for the lock
+    other.release()
+    # From here the reactor is busy (this test holds it) while the writer takes the lock.
+    _wait_until_taken(f"{database.engine.url.database}-writer.lock")
+    time.sleep(0.2)  # and begins its transaction
+    second = _submit(database, recorded("SECOND"))
+    assert ran == ["FIRST", "SECOND"]  # both ran before the reactor's next turn
+    assert await _results([first, second]) == [(True, "FIRST"), (True, "SECOND")]
+    assert commits[0] == 1
+    assert _partner_ids(database) == ["FIRST", "SECOND"]
+    other.close()
+
+
 @pytest_twisted.ensureDeferred
 async def test_the_writer_leaves_checkpoints_to_its_own_thread_and_the_log_stays_small(tmp_path: Path) -> None:
     """No checkpoint inside a commit (it would hold the lock); the checkpoint thread keeps the WAL from growing.
