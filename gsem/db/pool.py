@@ -51,10 +51,6 @@ T = TypeVar("T")
 #: most this many others to be decided, never for more to arrive (nothing sleeps).
 BATCH_MAX = 32
 
-#: How often, at most, a server's writer copies the WAL back into the database file
-#: (SQLite's checkpoint), in a thread of its own, outside the writer lock.
-CHECKPOINT_INTERVAL = 0.5
-
 _Call = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 #: What GroupCommitWriter's thread hands the reactor: a begun transaction, or why not.
 _Opened = tuple[sa.Connection | None, sa.RootTransaction | None, Failure | None]
@@ -266,13 +262,6 @@ class GroupCommitWriter:
     undoes only its own changes; a failed BEGIN or COMMIT reaches every call of the batch,
     and then nothing of any of them was kept.
 
-    SQLite's own checkpoint, which copies the write-ahead log into the database file once
-    the log holds 1,000 pages, would run inside a COMMIT about one batch in ten, and hold
-    the writer lock 20–80 ms while it copies and syncs the file.  The writer's connections
-    turn it off; a thread of the writer's own runs a PASSIVE checkpoint (which neither
-    waits for nor blocks writers) at most every :data:`CHECKPOINT_INTERVAL` seconds after
-    a commit, while the other workers write.
-
     Why not a database thread: each time a database thread came back from SQLite it waited
     for the interpreter lock while the reactor thread ran TLS or libxml2 work, and with
     several workers it waited while holding the database the other workers queue for.
@@ -283,18 +272,12 @@ class GroupCommitWriter:
     """
 
     def __init__(self, engine: sa.Engine, lock: WriterLock, *, reactor: Any = None,
-                 batch_max: int = BATCH_MAX, checkpoint_interval: float = CHECKPOINT_INTERVAL) -> None:
+                 batch_max: int = BATCH_MAX) -> None:
         self.engine = engine
         self.batch_max = batch_max
-        self.checkpoint_interval = checkpoint_interval
         self._lock = lock
         self._reactor = reactor
         self._thread = ThreadPool(minthreads=1, maxthreads=1, name="gsem-commit")
-        self._checkpointer = ThreadPool(minthreads=1, maxthreads=1, name="gsem-checkpoint")
-        # Commit thread: when the last checkpoint was asked for; whether one is under way
-        # (set by the commit thread, cleared by the checkpoint thread).
-        self._checkpoint_asked = 0.0
-        self._checkpointing = False
         self._queue: deque[tuple[_Call, Deferred[Any]]] = deque()
         # Reactor thread only: a turn is scheduled, waiting for the lock, running or committing.
         self._busy = False
@@ -324,8 +307,6 @@ class GroupCommitWriter:
         self.stats = WriterStats()
         if not self._thread.started:
             self._thread.start()
-        if not self._checkpointer.started:
-            self._checkpointer.start()
 
     def submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Deferred[T]:
         """Queue ``fn(conn, *args, **kwargs)``; fires with its result after the commit that holds it."""
@@ -369,7 +350,6 @@ class GroupCommitWriter:
         conn: sa.Connection | None = None
         try:
             conn = self.engine.connect()
-            _no_autocheckpoint(conn)
             opened: _Opened = (conn, conn.begin(), None)
         except Exception:
             failure = Failure()
@@ -424,31 +404,6 @@ class GroupCommitWriter:
             self.stats.commits += 1
         self._finish(deferreds, outcomes)
         self._reactor.callFromThread(self._answer_finished)
-        self._ask_for_checkpoint()
-
-    def _ask_for_checkpoint(self) -> None:
-        """In the commit thread: start a checkpoint unless one runs or one started recently."""
-        now = time.monotonic()
-        if self._checkpointing or now - self._checkpoint_asked < self.checkpoint_interval:
-            return
-        self._checkpoint_asked = now
-        self._checkpointing = True
-        self._checkpointer.callInThread(self._checkpoint)
-
-    def _checkpoint(self) -> None:
-        """In the checkpoint thread: copy what the log holds into the database file."""
-        try:
-            raw = self.engine.raw_connection()
-            try:
-                raw.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            finally:
-                raw.close()
-        except Exception:
-            # Nothing is lost: the log keeps the commits until a later checkpoint (or
-            # the last connection's close) copies them.
-            log.failure("SQLite checkpoint failed; the next commit tries again")
-        finally:
-            self._checkpointing = False
 
     def _release(self) -> None:
         self.stats.last = time.monotonic()
@@ -483,8 +438,6 @@ class GroupCommitWriter:
         if self._thread.started:
             # A wait for the lock ends with the lock ours; a commit under way finishes.
             self._thread.stop()
-        if self._checkpointer.started:
-            self._checkpointer.stop()
         self._answer_finished()
         with self._finished_lock:
             opened, self._opened = self._opened, None
@@ -505,14 +458,6 @@ class GroupCommitWriter:
         self._lock.close()
         if self.stats.commits:
             log.info("{summary}", summary=self.stats.summary())
-
-
-def _no_autocheckpoint(conn: sa.Connection) -> None:
-    """Turn SQLite's checkpoint-on-commit off for *conn*'s database connection, once per connection."""
-    info = conn.connection.info
-    if not info.get("gsem_no_autocheckpoint"):
-        conn.connection.driver_connection.execute("PRAGMA wal_autocheckpoint = 0")
-        info["gsem_no_autocheckpoint"] = True
 
 
 def _answer(deferreds: list[Deferred[Any]], outcomes: list[tuple[bool, Any]]) -> None:

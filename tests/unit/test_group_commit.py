@@ -188,36 +188,6 @@ async def test_a_call_queued_while_the_reactor_is_busy_runs_the_granted_batch_at
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_writer_leaves_checkpoints_to_its_own_thread_and_the_log_stays_small(tmp_path: Path) -> None:
-    """No checkpoint inside a commit (it would hold the lock); the checkpoint thread keeps the WAL from growing.
-
-    Sixteen megabytes go through the writer in ten commits.  Without checkpoints the
-    write-ahead log would hold all of it.
-    """
-    db = Database(f"sqlite:///{tmp_path / 'gsem.db'}", reactor=reactor)
-    db.upgrade()
-    assert db._writer is not None
-    db._writer.checkpoint_interval = 0.0  # after every commit, so that ten commits show it
-    db.start()
-    try:
-        def fill(conn: Any) -> int:
-            conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS scratch (b BLOB)")
-            conn.exec_driver_sql("INSERT INTO scratch SELECT randomblob(4000) FROM "
-                                 "(WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 400) "
-                                 "SELECT i FROM n)")
-            return int(conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar())
-
-        for _ in range(10):
-            assert await _submit(db, fill) == 0  # SQLite's own checkpoint is off for the writer
-            await deferLater(reactor, 0.05, lambda: None)
-        wal = Path(f"{db.engine.url.database}-wal")
-        assert wal.stat().st_size < 8_000_000, wal.stat().st_size
-    finally:
-        db.stop()
-    assert not wal.exists()  # the last connection closed copied the rest and removed the log
-
-
-@pytest_twisted.ensureDeferred
 async def test_a_failing_call_undoes_only_its_own_changes(database: Database) -> None:
     """One call's IntegrityError rolls back its SAVEPOINT alone; the others are kept and answered."""
     database.run_sync(partners.add_partner, "TAKEN", "Already there")
