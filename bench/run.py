@@ -699,6 +699,11 @@ def run_phase(settings: Settings, name: str, kind: str, workers: int | None = No
     server = Server(kind, data_dir, settings.server_cpus, phase_dir, workers=hub_workers)
     try:
         result = run_load(settings, name, server, **load)
+        # SQLite's log, before the server's last connection folds it back in: a log that
+        # only grows means checkpoints no longer complete (and its index, mapped into
+        # every worker, grows the hub's memory with it).
+        wal = data_dir / "gsem.db-wal"
+        result["wal_mib_at_end"] = round(wal.stat().st_size / MIB, 1) if wal.exists() else 0.0
     finally:
         server.stop()
     result["hub_workers"] = hub_workers if kind == "hub" else None
@@ -721,7 +726,7 @@ def run_phase(settings: Settings, name: str, kind: str, workers: int | None = No
         w = result["writer"]
         say(f"  writer (warm-up included): the database held {w['lock_busy']:.0%} of the time, "
             f"{w['held_ms_per_tx']:.2f} ms per transaction, {w['per_commit']:.1f} transactions per commit, "
-            f"a commit {w['commit_ms']:.1f} ms")
+            f"a commit {w['commit_ms']:.1f} ms; the SQLite log {result['wal_mib_at_end']:,.1f} MiB at the end")
     if result["errors"]:
         say(f"  !! {result['errors']} transactions were not accepted: {result['error_kinds']}")
     return result
