@@ -1067,7 +1067,7 @@ def print_summary(report: dict[str, Any]) -> None:
     inproc = report["phases"].get("inproc")
     if inproc:
         say(f"in-process (no network, sequential): {fmt(inproc['tps'], 1)} tx/s; per transaction "
-            f"parse+schema {fmt(inproc['inspect_us']['mean'], 0)} µs, decide+store+commit "
+            f"validate+prepare {fmt(inproc['inspect_us']['mean'], 0)} µs, decide+store+commit "
             f"{fmt(inproc['decide_and_commit_us']['mean'], 0)} µs (CPU "
             f"{fmt(inproc['decide_and_commit_cpu_us']['mean'], 0)} µs); one-row durable commit "
             f"{fmt(inproc['commit_floor_us']['mean'], 0)} µs")
@@ -1124,7 +1124,7 @@ def markdown_block(report: dict[str, Any]) -> str:
             "",
             f"In-process, no network, one transaction after another ({inproc['size']} lifecycles): "
             f"**{fmt(inproc['tps'], 1)} tx/s**, {fmt(inproc['us_per_tx'], 0)} µs per transaction: "
-            f"parse + schema {fmt(inproc['inspect_us']['mean'], 0)} µs, decide + store + durable commit "
+            f"validate + prepare {fmt(inproc['inspect_us']['mean'], 0)} µs, decide + store + durable commit "
             f"{fmt(inproc['decide_and_commit_us']['mean'], 0)} µs (of which CPU "
             f"{fmt(inproc['decide_and_commit_cpu_us']['mean'], 0)} µs). A one-row commit with the same "
             f"SQLite settings takes {fmt(inproc['commit_floor_us']['mean'], 0)} µs "
