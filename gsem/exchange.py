@@ -80,6 +80,9 @@ _UPDATE_INCIDENT = _incidents.update().where(_incidents.c.id == sa.bindparam("in
 _INSERT_MESSAGE = model.messages.insert()
 _INSERT_ACK = _acks.insert()
 _INSERT_DELIVERY = model.deliveries.insert()
+#: A message keeps this much of its idempotency key, and keys are compared by it (the
+#: listener never reads more of the header).
+_KEY_LENGTH = model.messages.c.idempotency_key.type.length
 
 
 class _Store:
@@ -297,7 +300,7 @@ class Prepared:
     """
 
     digest: str  # hex SHA-256 of the body
-    key: str  # the idempotency key: the partner's, else the digest
+    key: str  # the idempotency key: the partner's, else the digest, as the message keeps it
     ack_id: str  # the id of the acknowledgement that will answer the request
     received_at: datetime  # ``inbound.received_at`` in UTC, as the acknowledgement says it
     requester_ref: str | None  # RequesterID
@@ -315,7 +318,8 @@ class Prepared:
         change = None
         if root is not None and inspection.accepted and inspection.transaction_name != _QUERY:
             change = IncidentChange.prepare(root)
-        return cls(digest=digest, key=inbound.idempotency_key or digest, ack_id=new_ulid(),
+        key = (inbound.idempotency_key or digest)[:_KEY_LENGTH]
+        return cls(digest=digest, key=key, ack_id=new_ulid(),
                    received_at=inbound.received_at.replace(tzinfo=UTC), change=change, **_texts(inspection))
 
 
@@ -453,8 +457,7 @@ def decide_and_store(conn: Connection, inbound: Inbound, inspection: Inspection,
     now = _now()
 
     _wait_for_same_key(conn, inbound.partner_id, key)
-    # The message keeps a key's first 200 characters (the listener never reads more).
-    known = _HOT_SELECT_KEY.first(store, {"partner_id": inbound.partner_id, "key": key[:200]})
+    known = _HOT_SELECT_KEY.first(store, {"partner_id": inbound.partner_id, "key": key})
     if known is not None and known.digest == digest:
         original = known
         assert original.document is not None, f"acknowledgement {known.ack_id} of a kept key is missing"
@@ -623,7 +626,7 @@ def _record(store: _Store, inbound: Inbound, prepared: Prepared, now: datetime, 
         kept_timings = {**timings, "duplicate_of": duplicate_of}
     message_id = _HOT_INSERT_MESSAGE.insert(store, dict(
         partner_id=inbound.partner_id, cert_fingerprint=inbound.fingerprint, received_at=now, body=inbound.body,
-        digest=prepared.digest, idempotency_key=prepared.key[:200], transaction_name=_clip(transaction_name, 64),
+        digest=prepared.digest, idempotency_key=prepared.key, transaction_name=_clip(transaction_name, 64),
         requester_ref=_clip(requester_ref, 64), incident_id=incident_id, accepted=accepted,
         state_before=state_before, state_after=state_after, ack_id=prepared.ack_id,
         timings=json.dumps(kept_timings)))

@@ -342,11 +342,7 @@ class GroupCommitWriter:
         """
         asked = time.monotonic()
         self._lock.acquire()
-        self._acquired_at = time.monotonic()
-        self.stats.waited += self._acquired_at - asked
-        if self.stats.first is None:
-            self.stats.first = self._acquired_at
-        self._holding = True
+        self._took_lock(asked)
         conn: sa.Connection | None = None
         try:
             conn = self.engine.connect()
@@ -405,6 +401,14 @@ class GroupCommitWriter:
         self._finish(deferreds, outcomes)
         self._reactor.callFromThread(self._answer_finished)
 
+    def _took_lock(self, asked: float) -> None:
+        """The writer lock is ours now, asked for at *asked*: count the wait."""
+        self._acquired_at = time.monotonic()
+        self.stats.waited += self._acquired_at - asked
+        if self.stats.first is None:
+            self.stats.first = self._acquired_at
+        self._holding = True
+
     def _release(self) -> None:
         self.stats.last = time.monotonic()
         self.stats.held += self.stats.last - self._acquired_at
@@ -444,9 +448,9 @@ class GroupCommitWriter:
         if opened is not None and opened[0] is not None:
             opened[0].close()  # begun, nothing written yet: rolled back
         if self._queue and not self._holding:
+            asked = time.monotonic()
             self._lock.acquire()
-            self._acquired_at = time.monotonic()
-            self._holding = True
+            self._took_lock(asked)
         while self._queue:
             batch = [self._queue.popleft() for _ in range(min(self.batch_max, len(self._queue)))]
             _answer([d for _, d in batch], run_batch(self.engine, [call for call, _ in batch]))
