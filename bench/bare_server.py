@@ -18,6 +18,17 @@ acknowledgement (the size of a real one), and stop on SIGTERM.
     body and writes the acknowledgement the way the hub's does (``request.write`` then
     ``finish``, so chunked).  No parsing, no validation, no
     database, no acknowledgement log.
+``floor`` (the least a hub must do, with no gsem logic in between)
+    The ``twisted`` server, with ``--workers`` processes sharing its port as ``gsem serve``
+    runs them, doing for every request only what SPEC asks of any hub and as directly
+    as Python allows: parse the body and validate it against ``service_incident.xsd``
+    (lxml, libxml2), read the incident by RequesterID and write it back (state and
+    document), keep the message with its digest and acknowledgement, and queue its
+    delivery: three rows and a lookup, as raw ``sqlite3`` statements, in gsem's own
+    SQLite group commit (``Database.run_batched``: WAL, ``synchronous=FULL``, the writer
+    lock between processes), then answer an acknowledgement with its own id.  No field
+    matrix, state machine, incident merge, forwarded document, acknowledgement log or
+    idempotency replay: what it reaches bounds what any hub written this way can.
 ``minimal`` (to show the load generator's own ceiling)
     A single-threaded ``selectors`` loop over Python ``ssl`` sockets: client
     certificates required and verified against the same CA, no CRL, no partner lookup,
@@ -28,13 +39,17 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import selectors
 import signal
 import socket
 import ssl
+import struct
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 # Runnable from a checkout without installing: the package sits next to bench/.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -52,6 +67,29 @@ def fixed_ack() -> bytes:
     return ack.to_bytes()
 
 
+def _trust_lookup(database_url: str):  # noqa: ANN202
+    """The hub's partner lookup (gsem.server.Engine._lookup's checks) on a snapshot of the partner table."""
+    from gsem.db import partners
+    from gsem.db.connector import Database
+
+    database = Database(database_url)
+    try:
+        trust = database.run_sync(partners.trust_snapshot)
+    finally:
+        database.engine.dispose()
+
+    def lookup(fingerprint: str) -> str | None:
+        entry = trust.get(fingerprint)
+        if entry is None or not entry.partner_enabled or entry.retired_at is not None:
+            return None
+        now = datetime.now(UTC).replace(tzinfo=None)
+        if not entry.valid_from <= now <= entry.valid_until:
+            return None
+        return entry.partner_id
+
+    return lookup
+
+
 # -- twisted --------------------------------------------------------------------------------
 
 
@@ -63,8 +101,6 @@ def serve_twisted(data_dir: Path, port: int) -> int:
     from twisted.web.resource import Resource
     from twisted.web.server import NOT_DONE_YET
 
-    from gsem.db import partners
-    from gsem.db.connector import Database
     from gsem.tls import PartnerTrustStore, listen_tls, partner_of
     from gsem.web import ACK_CONTENT_TYPE, listener_site
 
@@ -73,22 +109,8 @@ def serve_twisted(data_dir: Path, port: int) -> int:
     # access-log line, no form parsing), so that the difference to the hub is gsem's own
     # work and nothing else.
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
-    database = Database(config.database_url)
-    try:
-        trust = database.run_sync(partners.trust_snapshot)
-    finally:
-        database.engine.dispose()
+    lookup = _trust_lookup(config.database_url)
     body = fixed_ack()
-
-    def lookup(fingerprint: str) -> str | None:
-        # The same checks as gsem.server.Engine._lookup, on a snapshot taken at start.
-        entry = trust.get(fingerprint)
-        if entry is None or not entry.partner_enabled or entry.retired_at is not None:
-            return None
-        now = datetime.now(UTC).replace(tzinfo=None)
-        if not entry.valid_from <= now <= entry.valid_until:
-            return None
-        return entry.partner_id
 
     class FixedAcknowledgement(Resource):
         isLeaf = True
@@ -126,6 +148,296 @@ def serve_twisted(data_dir: Path, port: int) -> int:
     signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(reactor.stop))
     reactor.run()
     return 0
+
+
+# -- floor --------------------------------------------------------------------------------
+
+_FLOOR_SCHEMA = """
+CREATE TABLE IF NOT EXISTS incidents (id INTEGER PRIMARY KEY, requester_ref TEXT NOT NULL, state TEXT NOT NULL,
+    document BLOB NOT NULL, version INTEGER NOT NULL, updated_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS ix_incidents_ref ON incidents (requester_ref);
+CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY, partner_id TEXT NOT NULL, received_at REAL NOT NULL,
+    body BLOB NOT NULL, digest TEXT NOT NULL, incident_id INTEGER, ack_id TEXT NOT NULL, ack BLOB NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS ix_messages_key ON messages (partner_id, digest);
+CREATE TABLE IF NOT EXISTS deliveries (id INTEGER PRIMARY KEY, message_id INTEGER NOT NULL,
+    incident_id INTEGER NOT NULL, state TEXT NOT NULL, document BLOB NOT NULL, next_attempt_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS ix_deliveries_due ON deliveries (state, next_attempt_at);
+"""
+
+
+def serve_floor(data_dir: Path, port: int, workers: int, writer_process: bool = False) -> int:
+    """The least per-request work SPEC asks of a hub, in *workers* processes sharing one port.
+
+    With *writer_process*, one more process owns the database and commits every worker's
+    transactions together; the workers hand it theirs over a Unix socket each.
+    """
+    import sqlite3
+
+    from gsem.workers import bind_listening_socket, die_with_parent
+
+    config = load_config(data_dir)
+    db_path = data_dir / "floor.db"
+    with sqlite3.connect(db_path) as db:
+        db.execute("PRAGMA journal_mode = WAL")
+        db.executescript(_FLOOR_SCHEMA)
+    sock = bind_listening_socket(config.host, port)
+    parent = os.getpid()
+    children = []
+    pipes = [socket.socketpair() for _ in range(workers)] if writer_process else []
+    if writer_process:
+        pid = os.fork()
+        if pid == 0:
+            die_with_parent(parent)
+            os._exit(_floor_writer(db_path, [theirs for theirs, _ in pipes]))
+        children.append(pid)
+    # Fork before anything imports Twisted's reactor: each process makes its own.
+    for index in range(1, workers):
+        pid = os.fork()
+        if pid == 0:
+            die_with_parent(parent)
+            os._exit(_floor_worker(data_dir, db_path, sock, index, pipes[index][1] if pipes else None))
+        children.append(pid)
+    try:
+        return _floor_worker(data_dir, db_path, sock, 0, pipes[0][1] if pipes else None)
+    finally:
+        for pid in children:
+            os.kill(pid, signal.SIGTERM)
+        for pid in children:
+            os.waitpid(pid, 0)
+
+
+def _floor_store(raw: Any, template: bytes, partner: str, ref: str, state: str, body: bytes, digest: str,
+                 ack_id: bytes) -> bytes:
+    """One transaction's statements on the sqlite3 connection *raw*; its acknowledgement."""
+    now = time.time()
+    found = raw.execute("SELECT id FROM incidents WHERE requester_ref = ?", (ref,)).fetchone()
+    if found is None:
+        incident_id = raw.execute(
+            "INSERT INTO incidents (requester_ref, state, document, version, updated_at) VALUES (?, ?, ?, 1, ?)",
+            (ref, state, body, now)).lastrowid
+    else:
+        incident_id = found[0]
+        raw.execute("UPDATE incidents SET state = ?, document = ?, version = version + 1, updated_at = ? "
+                    "WHERE id = ?", (state, body, now, incident_id))
+    ack = template.replace(b"01JD3Z0000000000000000BARE", ack_id)
+    message_id = raw.execute(
+        "INSERT INTO messages (partner_id, received_at, body, digest, incident_id, ack_id, ack) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)", (partner, now, body, digest, incident_id, ack_id, ack)).lastrowid
+    raw.execute("INSERT INTO deliveries (message_id, incident_id, state, document, next_attempt_at) "
+                "VALUES (?, ?, 'pending', ?, ?)", (message_id, incident_id, body, now))
+    return ack
+
+
+_FRAME = struct.Struct("!I")
+
+
+def _floor_writer(db_path: Path, socks: list[socket.socket]) -> int:
+    """The writer process: every worker's transactions that are waiting, in one commit, again and again."""
+    import marshal
+    import sqlite3
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    db = sqlite3.connect(db_path, isolation_level=None)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = FULL")
+    template = fixed_ack()
+    sel = selectors.DefaultSelector()
+    buffers = {}
+    for sock in socks:
+        sock.setblocking(False)
+        sel.register(sock, selectors.EVENT_READ)
+        buffers[sock] = bytearray()
+    transactions = commits = 0
+    while True:
+        batch = []
+        for key, _ in sel.select():
+            sock, buf = key.fileobj, buffers[key.fileobj]
+            while True:
+                try:
+                    data = sock.recv(1 << 20)
+                except BlockingIOError:
+                    break
+                if not data:
+                    print(f"floor writer: {transactions:,} transactions in {commits:,} commits",
+                          file=sys.stderr, flush=True)
+                    return 0
+                buf += data
+            while len(buf) >= 4:
+                (length,) = _FRAME.unpack_from(buf)
+                if len(buf) < 4 + length:
+                    break
+                batch.append((sock, marshal.loads(bytes(buf[4:4 + length]))))
+                del buf[:4 + length]
+        if not batch:
+            continue
+        db.execute("BEGIN IMMEDIATE")
+        answers = []
+        for sock, (request_id, *args) in batch:
+            db.execute("SAVEPOINT call")
+            try:
+                ack = _floor_store(db, template, *args)
+                db.execute("RELEASE call")
+            except sqlite3.Error:
+                db.execute("ROLLBACK TO call")
+                db.execute("RELEASE call")
+                ack = None
+            answers.append((sock, request_id, ack))
+        db.execute("COMMIT")
+        transactions += len(batch)
+        commits += 1
+        replies: dict[socket.socket, list[bytes]] = {}
+        for sock, request_id, ack in answers:
+            payload = marshal.dumps((request_id, ack))
+            replies.setdefault(sock, []).append(_FRAME.pack(len(payload)) + payload)
+        for sock, frames in replies.items():
+            sock.setblocking(True)
+            sock.sendall(b"".join(frames))
+            sock.setblocking(False)
+
+
+def _floor_worker(data_dir: Path, db_path: Path, sock: socket.socket, index: int,
+                  writer: socket.socket | None = None) -> int:
+    import hashlib
+    import itertools
+
+    from lxml import etree
+    from twisted.internet import reactor
+    from twisted.internet.defer import Deferred
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+    from twisted.web.resource import Resource
+    from twisted.web.server import NOT_DONE_YET
+
+    from gsem.db.connector import Database
+    from gsem.schema import incident_schema
+    from gsem.tls import PartnerTrustStore, listen_tls, partner_of
+    from gsem.web import ACK_CONTENT_TYPE, listener_site
+
+    config = load_config(data_dir)
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+    lookup = _trust_lookup(config.database_url)
+    parser = etree.XMLParser(schema=incident_schema(), resolve_entities=False, no_network=True)
+    template = fixed_ack()
+    ack_ids = (f"01FLOOR{index:02d}{n:017d}".encode() for n in itertools.count())
+    if writer is None:
+        database = Database(f"sqlite:///{db_path}")
+        database.start()
+
+        def submit(*args: Any) -> Deferred:
+            return Deferred.fromCoroutine(database.run_batched(
+                lambda conn: _floor_store(conn.connection.driver_connection, template, *args)))
+    else:
+        database = None
+        submit = _WriterClient.over(reactor, writer).submit
+
+    def answer(ack: bytes, request) -> None:  # noqa: ANN001
+        request.setHeader(b"Content-Type", ACK_CONTENT_TYPE)
+        request.setHeader(b"Content-Length", b"%d" % len(ack))
+        request.write(ack)
+        request.finish()
+
+    def failed(failure, request) -> None:  # noqa: ANN001
+        print(f"floor: {failure.getErrorMessage()}", file=sys.stderr, flush=True)
+        request.setResponseCode(503)
+        request.finish()
+
+    class Floor(Resource):
+        isLeaf = True
+
+        def render_POST(self, request):  # noqa: N802, ANN001, ANN201
+            partner = partner_of(request.channel.transport)
+            if partner is None:
+                request.setResponseCode(403)
+                return b""
+            request.content.seek(0)
+            body = request.content.read()
+            try:
+                root = etree.fromstring(body, parser)
+            except etree.XMLSyntaxError:
+                request.setResponseCode(400)
+                return b""
+            ref = root.findtext("RequesterID") or ""
+            state = root.findtext("TransactionName") or ""
+            digest = hashlib.sha256(body).hexdigest()
+            done = submit(partner.partner_id, ref, state, body, digest, next(ack_ids))
+            done.addCallbacks(answer, failed, callbackArgs=(request,), errbackArgs=(request,))
+            return NOT_DONE_YET
+
+    limits = config.limits
+    site = listener_site(Floor(), max_body_bytes=limits.max_body_bytes, idle_timeout=limits.idle_timeout,
+                         reactor=reactor)
+    trust = PartnerTrustStore(config.ca_paths, config.crl_paths, config.server_cert, config.server_key,
+                              lookup, clock=reactor)
+
+    async def start() -> None:
+        await listen_tls(reactor, 0, config.host, site, trust, handshake_timeout=limits.handshake_timeout,
+                         adopt=sock)
+        if index == 0:
+            host, bound = sock.getsockname()[:2]
+            print(f"bare: serving https://{host}:{bound}/sis/v1/transactions (floor)", file=sys.stderr, flush=True)
+
+    def not_started(failure):  # noqa: ANN001, ANN202
+        print(f"bare: could not start: {failure.getErrorMessage()}", file=sys.stderr, flush=True)
+        reactor.stop()
+
+    reactor.callWhenRunning(lambda: Deferred.fromCoroutine(start()).addErrback(not_started))
+    signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(reactor.stop))
+    reactor.run()
+    if database is not None:
+        database.stop()  # its writer logs its summary line, as the hub's do
+    return 0
+
+
+class _WriterClient:
+    """A floor worker's end of its Unix socket to the writer process: requests out, acknowledgements back."""
+
+    @classmethod
+    def over(cls, reactor: Any, sock: socket.socket) -> _WriterClient:
+        import marshal
+
+        from twisted.internet.protocol import Factory, Protocol
+
+        client = cls()
+
+        class Framed(Protocol):
+            def connectionMade(self) -> None:  # noqa: N802
+                client.transport = self.transport
+
+            def dataReceived(self, data: bytes) -> None:  # noqa: N802
+                buf = client.buffer
+                buf += data
+                while len(buf) >= 4:
+                    (length,) = _FRAME.unpack_from(buf)
+                    if len(buf) < 4 + length:
+                        break
+                    request_id, ack = marshal.loads(bytes(buf[4:4 + length]))
+                    del buf[:4 + length]
+                    done = client.pending.pop(request_id)
+                    if ack is None:
+                        done.errback(RuntimeError("the writer refused the transaction"))
+                    else:
+                        done.callback(ack)
+
+        sock.setblocking(False)
+        # Twisted duplicates the descriptor; the protocol's connectionMade hands over the transport.
+        reactor.adoptStreamConnection(sock.fileno(), socket.AF_UNIX, Factory.forProtocol(Framed))
+        client.marshal = marshal
+        return client
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.transport: Any = None
+        self.pending: dict[int, Any] = {}
+        self.next_id = 0
+
+    def submit(self, *args: Any) -> Any:
+        from twisted.internet.defer import Deferred
+
+        self.next_id += 1
+        done: Deferred = Deferred()
+        self.pending[self.next_id] = done
+        payload = self.marshal.dumps((self.next_id, *args))
+        self.transport.write(_FRAME.pack(len(payload)) + payload)
+        return done
 
 
 # -- minimal --------------------------------------------------------------------------------
@@ -263,11 +575,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, required=True,
                         help="a gsem data directory (certificates and partners are read from it)")
-    parser.add_argument("--kind", choices=("twisted", "minimal"), default="twisted")
+    parser.add_argument("--kind", choices=("twisted", "floor", "minimal"), default="twisted")
     parser.add_argument("--port", type=int, default=0, help="0: any free port (default)")
+    parser.add_argument("--workers", type=int, default=2, help="processes of the floor server (default 2)")
+    parser.add_argument("--writer-process", action="store_true",
+                        help="floor: one more process owns the database and commits for every worker")
     args = parser.parse_args()
     if args.kind == "twisted":
         return serve_twisted(args.data_dir, args.port)
+    if args.kind == "floor":
+        return serve_floor(args.data_dir, args.port, args.workers, args.writer_process)
     return serve_minimal(args.data_dir, args.port)
 
 

@@ -16,6 +16,11 @@ freshly started server on its own copy of that directory:
                   generator itself can go (with its CPU per request, measured in each phase).
 ``bare``          the same load against a bare Twisted server with the hub's mutual-TLS
                   listener that returns a fixed acknowledgement: the HTTP+TLS ceiling.
+``floor``         the same load against ``bench/bare_server.py --kind floor``: as many worker
+                  processes as the hub, each doing only the least SPEC asks of any hub
+                  (XSD validation, the incident read and written, the message with its
+                  acknowledgement and the delivery kept, gsem's durable group commit)
+                  with no gsem logic in between: what a hub written this way can reach.
 ``hub``           the hub, 64 persistent partner connections, 2 KB lifecycles, closed loop.
 ``hub-rate``      the hub at a fixed offered rate (open loop), for latency at that rate.
 ``hub-connect``   the hub with a new connection and TLS handshake for every transaction.
@@ -341,7 +346,9 @@ class Server:
             ready = re.compile(r"gsem: serving https://([^:/]+):(\d+)/")
         else:
             command = [sys.executable, str(BENCH / "bare_server.py"), "--data-dir", str(data_dir),
-                       "--kind", kind, "--port", "0"]
+                       "--kind", kind.removesuffix("-writer"), "--port", "0", "--workers", str(workers)]
+            if kind == "floor-writer":
+                command.append("--writer-process")
             ready = re.compile(r"bare: serving https://([^:/]+):(\d+)/")
         self.command = command
         self.acks = 0
@@ -689,28 +696,29 @@ def run_phase(settings: Settings, name: str, kind: str, workers: int | None = No
     describe = {"closed": "persistent connections, closed loop",
                 "open": f"open loop at {load.get('rate')} tx/s offered",
                 "connect": "a new TLS connection per transaction"}[load["mode"]]
-    server_name = f"{kind} server" if kind != "hub" else (
-        f"hub ({settings.workers if workers is None else workers} workers)")
+    server_name = f"{kind} server" if kind not in ("hub", "floor", "floor-writer") else (
+        f"{kind} ({settings.workers if workers is None else workers} workers)")
     say(f"- {name}: {server_name}, {load['size']} documents, {describe}, "
         f"{settings.warmup:g} s warm-up + {load.get('duration') or settings.duration:g} s")
     phase_dir = settings.work / name
     phase_dir.mkdir(exist_ok=True)
-    hub_workers = (settings.workers if workers is None else workers) if kind == "hub" else 1
+    hub_workers = (settings.workers if workers is None else workers) if kind in ("hub", "floor", "floor-writer") else 1
     server = Server(kind, data_dir, settings.server_cpus, phase_dir, workers=hub_workers)
     try:
         result = run_load(settings, name, server, **load)
         # SQLite's log, before the server's last connection folds it back in: a log that
         # only grows means checkpoints no longer complete (and its index, mapped into
         # every worker, grows the hub's memory with it).
-        wal = data_dir / "gsem.db-wal"
+        wal = data_dir / ("floor.db-wal" if kind.startswith("floor") else "gsem.db-wal")
         result["wal_mib_at_end"] = round(wal.stat().st_size / MIB, 1) if wal.exists() else 0.0
     finally:
         server.stop()
-    result["hub_workers"] = hub_workers if kind == "hub" else None
+    result["hub_workers"] = hub_workers if kind in ("hub", "floor", "floor-writer") else None
     counts = result.pop("_server_counts")
     result["server_log"] = {"warnings": server.log_counts["warn"], "errors": server.log_counts["error"]}
-    if kind == "hub":
+    if kind in ("hub", "floor"):
         result["writer"] = writer_figures(server.writer_lines)
+    if kind == "hub":
         result["hub_acks_logged"] = counts["acks_logged"]
         result["hub_acks_yes_logged"] = counts["acks_yes_logged"]
         if counts["acks_yes_logged"] != result["ok"]:
@@ -934,6 +942,10 @@ def fmt(value: float | None, digits: int = 2) -> str:
 PHASE_LABELS = {
     "loadgen": "load generator vs minimal TLS responder",
     "bare": "bare Twisted mTLS server (ceiling)",
+    "floor": "floor: XSD validation + 3 rows + group commit, nothing else",
+    "floor-rate": "floor, fixed rate",
+    "floor-writer": "floor with a writer process of its own",
+    "floor-writer-rate": "floor with a writer process, fixed rate",
     "hub": "hub, 2 KB, 64 connections",
     "hub-1w": "hub with one worker, 2 KB, 64 connections",
     "hub-rate": "hub, 2 KB, fixed rate",
@@ -946,26 +958,59 @@ PHASE_LABELS = {
 }
 
 
+def _throughput_target(phase: dict[str, Any]) -> tuple[str, bool]:
+    return f"{phase['tps']:,.1f} tx/s, {phase['errors']} errors", phase["tps"] >= TARGET_TPS and phase["errors"] == 0
+
+
+def _latency_target(phase: dict[str, Any]) -> tuple[str, bool]:
+    p99 = phase["latency_ms"]["p99"]
+    kept_up = phase["tps"] >= 0.98 * phase["offered_tps"]
+    measured = (f"p99 {fmt(p99)} ms, {phase['tps']:,.1f} tx/s completed"
+                + ("" if kept_up else " (did not keep up with the offered rate)"))
+    return measured, p99 is not None and p99 < TARGET_P99_MS and kept_up and phase["errors"] == 0
+
+
+def _ratio_target(phase: dict[str, Any], bare: dict[str, Any]) -> tuple[str, bool]:
+    ratio = phase["tps"] / bare["tps"]
+    return f"{ratio:.1%} ({phase['tps']:,.1f} / {bare['tps']:,.1f} tx/s)", ratio >= TARGET_RATIO
+
+
 def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each target of the issue: the figure measured and whether it is met."""
+    """Each target of the issue: the figure measured and whether it is met.
+
+    Where the run has the floor servers' phases, each target also says what they reached
+    on the same criterion (``floor``: workers taking turns at the database, as the hub's
+    do; ``floor-writer``: a writer process of its own): a target that both miss is out
+    of reach for a hub built this way on this machine, whatever gsem's own work costs.
+    """
     phases = report["phases"]
     targets = []
     hub = phases.get("hub")
+    floor = phases.get("floor")
+    bare = phases.get("bare")
+
+    def target(name: str, measured: tuple[str, bool], floors: dict[str, tuple[str, bool]]) -> None:
+        entry: dict[str, Any] = {"target": name, "measured": measured[0], "met": measured[1]}
+        if floors:
+            entry["floor"] = "; ".join(f"{kind}: {text}" for kind, (text, _) in floors.items())
+            entry["floor_met"] = any(met for _, met in floors.values())
+        targets.append(entry)
+
+    def at_floors(evaluate: Any, suffix: str = "", **match: Any) -> dict[str, tuple[str, bool]]:
+        found = {}
+        for kind in ("floor", "floor-writer"):
+            phase = phases.get(kind + suffix)
+            if phase and all(phase.get(k) == v for k, v in match.items()):
+                found[kind] = evaluate(phase)
+        return found
+
     if hub:
-        met = hub["tps"] >= TARGET_TPS and hub["errors"] == 0
-        targets.append({"target": f">= {TARGET_TPS:,} accepted tx/s, 64 connections, 2 KB",
-                        "measured": f"{hub['tps']:,.1f} tx/s, {hub['errors']} errors", "met": met})
+        target(f">= {TARGET_TPS:,} accepted tx/s, 64 connections, 2 KB", _throughput_target(hub),
+               at_floors(_throughput_target))
     rate = phases.get("hub-rate")
     if rate:
-        p99 = rate["latency_ms"]["p99"]
-        offered = rate["offered_tps"]
-        kept_up = rate["tps"] >= 0.98 * offered
-        met = p99 is not None and p99 < TARGET_P99_MS and kept_up and rate["errors"] == 0
-        targets.append({"target": f"p99 < {TARGET_P99_MS:g} ms at {offered:,.0f} tx/s offered",
-                        "measured": f"p99 {fmt(p99)} ms, {rate['tps']:,.1f} tx/s completed"
-                                    + ("" if kept_up else " (did not keep up with the offered rate)"),
-                        "met": met})
-    bare = phases.get("bare")
+        target(f"p99 < {TARGET_P99_MS:g} ms at {rate['offered_tps']:,.0f} tx/s offered", _latency_target(rate),
+               at_floors(_latency_target, "-rate", offered_tps=rate["offered_tps"]))
     if hub and bare and bare["tps"]:
         ratio = hub["tps"] / bare["tps"]
         report["hub_to_ceiling_ratio"] = round(ratio, 3)
@@ -973,9 +1018,11 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             # Less sensitive to other load on the machine than throughput: the share of the
             # hub's CPU per transaction that the HTTP+TLS layer alone costs.
             report["hub_to_ceiling_cpu_ratio"] = round(bare["server_cpu_s_per_1000"] / hub["server_cpu_s_per_1000"], 3)
-        targets.append({"target": f"hub >= {TARGET_RATIO:.0%} of the bare TLS ceiling",
-                        "measured": f"{ratio:.1%} ({hub['tps']:,.1f} / {bare['tps']:,.1f} tx/s)",
-                        "met": ratio >= TARGET_RATIO})
+        if floor and floor["tps"]:
+            report["hub_to_floor_ratio"] = round(hub["tps"] / floor["tps"], 3)
+            report["floor_to_ceiling_ratio"] = round(floor["tps"] / bare["tps"], 3)
+        target(f"hub >= {TARGET_RATIO:.0%} of the bare TLS ceiling", _ratio_target(hub, bare),
+               at_floors(lambda phase: _ratio_target(phase, bare)))
     soak = phases.get("soak")
     if soak:
         verdict = soak["memory"]
@@ -1081,6 +1128,9 @@ def print_summary(report: dict[str, Any]) -> None:
         say(f"hub / bare TLS ceiling: {report['hub_to_ceiling_ratio']:.1%} by throughput"
             + (f", {report['hub_to_ceiling_cpu_ratio']:.1%} by server CPU per transaction"
                if "hub_to_ceiling_cpu_ratio" in report else ""))
+    if "hub_to_floor_ratio" in report:
+        say(f"hub / floor server: {report['hub_to_floor_ratio']:.1%} by throughput; "
+            f"floor / bare TLS ceiling: {report['floor_to_ceiling_ratio']:.1%}")
     soak = report["phases"].get("soak")
     if soak:
         m = soak["memory"]
@@ -1096,6 +1146,9 @@ def print_summary(report: dict[str, Any]) -> None:
     for t in report["targets"]:
         status = "not run" if t["met"] is None else ("MET" if t["met"] else "NOT MET")
         say(f"  [{status}] {t['target']}: {t['measured']}")
+        if "floor" in t:
+            say(f"      the floor servers: {t['floor']}: "
+                + ("met" if t["floor_met"] else "not met either: out of reach for a hub built this way here"))
 
 
 def markdown_block(report: dict[str, Any]) -> str:
@@ -1144,10 +1197,12 @@ def markdown_block(report: dict[str, Any]) -> str:
                       f"{mem['last_third_mib']} MiB in the last ({mem['growth_pct']:+.2f} %, peak {mem['max_mib']} MiB); "
                       f"{fmt(a['tps'], 1)} tx/s at {fmt(a['server_cpu_s_per_1000'], 3)} s CPU per 1,000 tx in the "
                       f"first third, {fmt(b['tps'], 1)} tx/s at {fmt(b['server_cpu_s_per_1000'], 3)} in the last."]
-    lines += ["", "| target | measured | met |", "|---|---|---|"]
+    lines += ["", "| target | measured | met | the floor servers, same run | met by a floor |",
+              "|---|---|---|---|---|"]
     for t in report["targets"]:
         status = "not run" if t["met"] is None else ("yes" if t["met"] else "**no**")
-        lines.append(f"| {t['target']} | {t['measured']} | {status} |")
+        at_floor = ("—", "—") if "floor" not in t else (t["floor"], "yes" if t["floor_met"] else "no")
+        lines.append(f"| {t['target']} | {t['measured']} | {status} | {at_floor[0]} | {at_floor[1]} |")
     lines.append(DOCS_END)
     return "\n".join(lines) + "\n"
 
@@ -1181,7 +1236,7 @@ def cpu_list(value: str) -> list[int] | None:
     return cpus
 
 
-ALL_PHASES = ("inproc", "loadgen", "bare", "hub", "hub-1w", "hub-rate", "hub-rate-half", "hub-connect", "bare-connect",
+ALL_PHASES = ("inproc", "loadgen", "bare", "floor", "floor-rate", "floor-writer", "floor-writer-rate", "hub", "hub-1w", "hub-rate", "hub-rate-half", "hub-connect", "bare-connect",
               "hub-10k", "hub-100k")
 
 
@@ -1191,7 +1246,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=15.0, help="measured seconds per phase (default 15)")
     parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each (default 3)")
     parser.add_argument("--procs", type=int, default=2, help="load generator processes (default 2)")
-    parser.add_argument("--rate", type=float, default=1000.0, help="offered tx/s of hub-rate (default 1000)")
+    parser.add_argument("--rate", type=float, default=1000.0, help="offered tx/s of hub-rate and floor-rate (default 1000)")
     parser.add_argument("--max-open", type=int, default=4,
                         help="incidents each requester/provider pair keeps going at once (default 4)")
     parser.add_argument("--inproc-seconds", type=float, default=8.0)
@@ -1256,6 +1311,10 @@ def main(argv: list[str] | None = None) -> int:
         plan = {
             "loadgen": ("minimal", dict(mode="closed", size="2k")),
             "bare": ("twisted", dict(mode="closed", size="2k")),
+            "floor": ("floor", dict(mode="closed", size="2k")),
+            "floor-rate": ("floor", dict(mode="open", size="2k", rate=args.rate)),
+            "floor-writer": ("floor-writer", dict(mode="closed", size="2k")),
+            "floor-writer-rate": ("floor-writer", dict(mode="open", size="2k", rate=args.rate)),
             "hub": ("hub", dict(mode="closed", size="2k")),
             "hub-1w": ("hub", dict(mode="closed", size="2k", workers=1)),
             "hub-rate": ("hub", dict(mode="open", size="2k", rate=args.rate)),

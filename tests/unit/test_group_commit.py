@@ -8,9 +8,7 @@ as another worker process would, until it has queued them all.
 from __future__ import annotations
 
 import fcntl
-import importlib.util
 import sqlite3
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -28,7 +26,7 @@ from twisted.internet.task import deferLater
 
 from gsem.db import model, partners
 from gsem.db.connector import Database
-from gsem.db.pool import WriterLock, WriterStats
+from gsem.db.pool import WriterLock
 from gsem.exchange import Exchange, Inbound
 from gsem.validation import DocumentValidator
 
@@ -356,18 +354,3 @@ async def test_a_failed_batch_commit_acknowledges_every_transaction_unavailable(
     count = database.run_sync(lambda conn: conn.execute(sa.select(sa.func.count()).select_from(model.incidents)).scalar())
     assert count == 0
     other.close()
-
-
-def test_the_benchmark_reads_the_summary_the_writer_logs(monkeypatch: pytest.MonkeyPatch) -> None:
-    """bench/run.py's *writer* line comes from the workers' log lines: the two must stay in step."""
-    path = Path(__file__).resolve().parents[2] / "bench" / "run.py"
-    spec = importlib.util.spec_from_file_location("gsem_bench_run", path)
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, bench)  # its dataclasses look themselves up there
-    spec.loader.exec_module(bench)
-    stats = WriterStats(transactions=1000, commits=40, held=9.5, waited=8.0, committing=0.26, first=100.0, last=110.0)
-    line = f"2026-11-22T22:08:46+0000 [gsem.db.pool#info] {stats.summary()}\n"
-    assert bench.writer_figures([line, "an unrelated line\n"]) == {
-        "transactions": 1000, "commits": 40, "per_commit": 25.0, "lock_busy": 0.95, "held_ms_per_tx": 9.5,
-        "waited_s": 8.0, "commit_ms": 6.5}

@@ -1,0 +1,72 @@
+"""bench/run.py's verdicts on the issue's targets, from a report's phases (no servers started)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from gsem.db.pool import WriterStats
+
+
+@pytest.fixture
+def bench(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    path = Path(__file__).resolve().parents[2] / "bench" / "run.py"
+    spec = importlib.util.spec_from_file_location("gsem_bench_run", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclasses look themselves up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _phase(tps: float, p99: float = 50.0, offered: float | None = None) -> dict[str, Any]:
+    return {"tps": tps, "errors": 0, "offered_tps": offered, "latency_ms": {"p99": p99},
+            "server_cpu_s_per_1000": 1.0}
+
+
+def _targets(bench: ModuleType, **phases: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    report = {"phases": {name.replace("_", "-"): phase for name, phase in phases.items()}}
+    return {t["target"].split()[1] if t["target"].startswith(">=") else t["target"].split()[0]: t
+            for t in bench.evaluate_targets(report)}
+
+
+def test_a_target_both_floors_miss_is_reported_out_of_reach(bench: ModuleType) -> None:
+    found = _targets(bench, bare=_phase(3000), hub=_phase(900), hub_rate=_phase(850, 3000, 1000),
+                     floor=_phase(1500), floor_rate=_phase(1000, 80, 1000),
+                     floor_writer=_phase(1450), floor_writer_rate=_phase(1000, 62, 1000))
+    throughput, latency, ratio = found["2,000"], found["p99"], found["hub"]
+    assert (throughput["met"], throughput["floor_met"]) == (False, False)
+    assert throughput["floor"] == "floor: 1,500.0 tx/s, 0 errors; floor-writer: 1,450.0 tx/s, 0 errors"
+    assert (latency["met"], latency["floor_met"]) == (False, False)
+    assert "floor-writer: p99 62.00 ms" in latency["floor"]
+    assert (ratio["met"], ratio["floor_met"]) == (False, False)
+    assert ratio["floor"].startswith("floor: 50.0% (1,500.0 / 3,000.0 tx/s)")
+
+
+def test_a_target_one_floor_meets_is_not_out_of_reach(bench: ModuleType) -> None:
+    found = _targets(bench, bare=_phase(3000), hub=_phase(900), hub_rate=_phase(850, 3000, 1000),
+                     floor=_phase(2100), floor_rate=_phase(1000, 80, 1000),
+                     floor_writer_rate=_phase(1000, 20, 1000))
+    assert found["2,000"]["floor_met"] is True
+    assert found["hub"]["floor_met"] is True  # 2,100 of 3,000 is 70 %
+    assert found["p99"]["floor_met"] is True  # the writer process's floor met it
+
+
+def test_a_floor_at_another_offered_rate_says_nothing_of_the_latency_target(bench: ModuleType) -> None:
+    found = _targets(bench, hub=_phase(900), hub_rate=_phase(850, 3000, 1000), floor_rate=_phase(500, 10, 500))
+    assert "floor" not in found["p99"]
+    assert "floor" not in found["2,000"]  # no closed-loop floor phase ran
+
+
+def test_the_benchmark_reads_the_summary_the_writer_logs(bench: ModuleType) -> None:
+    """bench/run.py's *writer* line comes from the workers' log lines: the two must stay in step."""
+    stats = WriterStats(transactions=1000, commits=40, held=9.5, waited=8.0, committing=0.26, first=100.0, last=110.0)
+    line = f"2026-11-22T22:08:46+0000 [gsem.db.pool#info] {stats.summary()}\n"
+    assert bench.writer_figures([line, "an unrelated line\n"]) == {
+        "transactions": 1000, "commits": 40, "per_commit": 25.0, "lock_busy": 0.95, "held_ms_per_tx": 9.5,
+        "waited_s": 8.0, "commit_ms": 6.5}
