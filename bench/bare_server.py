@@ -236,7 +236,6 @@ def _floor_writer(db_path: Path, socks: list[socket.socket]) -> int:
     import marshal
     import sqlite3
 
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     db = sqlite3.connect(db_path, isolation_level=None)
     db.execute("PRAGMA journal_mode = WAL")
     db.execute("PRAGMA synchronous = FULL")
@@ -247,7 +246,14 @@ def _floor_writer(db_path: Path, socks: list[socket.socket]) -> int:
         sock.setblocking(False)
         sel.register(sock, selectors.EVENT_READ)
         buffers[sock] = bytearray()
-    transactions = commits = 0
+    counts = [0, 0]  # transactions, commits
+
+    def stop(*_: object) -> None:
+        print(f"floor writer: {counts[0]:,} transactions in {counts[1]:,} commits "
+              f"({counts[0] / max(counts[1], 1):.1f} per commit)", file=sys.stderr, flush=True)
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
     while True:
         batch = []
         for key, _ in sel.select():
@@ -258,9 +264,7 @@ def _floor_writer(db_path: Path, socks: list[socket.socket]) -> int:
                 except BlockingIOError:
                     break
                 if not data:
-                    print(f"floor writer: {transactions:,} transactions in {commits:,} commits",
-                          file=sys.stderr, flush=True)
-                    return 0
+                    stop()
                 buf += data
             while len(buf) >= 4:
                 (length,) = _FRAME.unpack_from(buf)
@@ -283,8 +287,8 @@ def _floor_writer(db_path: Path, socks: list[socket.socket]) -> int:
                 ack = None
             answers.append((sock, request_id, ack))
         db.execute("COMMIT")
-        transactions += len(batch)
-        commits += 1
+        counts[0] += len(batch)
+        counts[1] += 1
         replies: dict[socket.socket, list[bytes]] = {}
         for sock, request_id, ack in answers:
             payload = marshal.dumps((request_id, ack))
