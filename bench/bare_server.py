@@ -80,12 +80,7 @@ def _trust_lookup(database_url: str):  # noqa: ANN202
 
     def lookup(fingerprint: str) -> str | None:
         entry = trust.get(fingerprint)
-        if entry is None or not entry.partner_enabled or entry.retired_at is not None:
-            return None
-        now = datetime.now(UTC).replace(tzinfo=None)
-        if not entry.valid_from <= now <= entry.valid_until:
-            return None
-        return entry.partner_id
+        return entry.partner_id if entry is not None and entry.accepts(datetime.now(UTC)) else None
 
     return lookup
 
@@ -96,7 +91,6 @@ def _trust_lookup(database_url: str):  # noqa: ANN202
 def serve_twisted(data_dir: Path, port: int) -> int:
     """The hub's TLS listener and web layer around a fixed acknowledgement."""
     from twisted.internet import reactor
-    from twisted.internet.defer import Deferred
     from twisted.logger import globalLogBeginner, textFileLogObserver
     from twisted.web.resource import Resource
     from twisted.web.server import NOT_DONE_YET
@@ -140,6 +134,14 @@ def serve_twisted(data_dir: Path, port: int) -> int:
         print(f"bare: serving https://{host.host}:{host.port}/sis/v1/transactions (twisted)",
               file=sys.stderr, flush=True)
 
+    _run_until_sigterm(reactor, start)
+    return 0
+
+
+def _run_until_sigterm(reactor: Any, start: Any) -> None:
+    """Run *reactor*, calling the coroutine function *start* first, until SIGTERM; a failed start stops it."""
+    from twisted.internet.defer import Deferred
+
     def failed(failure):  # noqa: ANN001, ANN202
         print(f"bare: could not start: {failure.getErrorMessage()}", file=sys.stderr, flush=True)
         reactor.stop()
@@ -147,7 +149,6 @@ def serve_twisted(data_dir: Path, port: int) -> int:
     reactor.callWhenRunning(lambda: Deferred.fromCoroutine(start()).addErrback(failed))
     signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(reactor.stop))
     reactor.run()
-    return 0
 
 
 # -- floor --------------------------------------------------------------------------------
@@ -379,13 +380,7 @@ def _floor_worker(data_dir: Path, db_path: Path, sock: socket.socket, index: int
             host, bound = sock.getsockname()[:2]
             print(f"bare: serving https://{host}:{bound}/sis/v1/transactions (floor)", file=sys.stderr, flush=True)
 
-    def not_started(failure):  # noqa: ANN001, ANN202
-        print(f"bare: could not start: {failure.getErrorMessage()}", file=sys.stderr, flush=True)
-        reactor.stop()
-
-    reactor.callWhenRunning(lambda: Deferred.fromCoroutine(start()).addErrback(not_started))
-    signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(reactor.stop))
-    reactor.run()
+    _run_until_sigterm(reactor, start)
     if database is not None:
         database.stop()  # its writer logs its summary line, as the hub's do
     return 0

@@ -76,12 +76,7 @@ class Engine:
 
     def _lookup(self, fingerprint: str) -> str | None:
         entry = self._trust.get(fingerprint)
-        if entry is None or not entry.partner_enabled or entry.retired_at is not None:
-            return None
-        now = datetime.now(UTC).replace(tzinfo=None)
-        if not entry.valid_from <= now <= entry.valid_until:
-            return None
-        return entry.partner_id
+        return entry.partner_id if entry is not None and entry.accepts(datetime.now(UTC)) else None
 
     def _strict_of(self, partner_id: str) -> bool:
         return self._strict.get(partner_id, False)
