@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import marshal
 import os
 import selectors
 import signal
@@ -185,6 +186,8 @@ def serve_floor(data_dir: Path, port: int, workers: int, writer_process: bool = 
     parent = os.getpid()
     children = []
     pipes = [socket.socketpair() for _ in range(workers)] if writer_process else []
+    # Each worker's end of its socket to the writer process (None: no writer process).
+    ends = [ours for _, ours in pipes] or [None] * workers
     if writer_process:
         pid = os.fork()
         if pid == 0:
@@ -196,10 +199,10 @@ def serve_floor(data_dir: Path, port: int, workers: int, writer_process: bool = 
         pid = os.fork()
         if pid == 0:
             die_with_parent(parent)
-            os._exit(_floor_worker(data_dir, db_path, sock, index, pipes[index][1] if pipes else None))
+            os._exit(_floor_worker(data_dir, db_path, sock, index, ends[index]))
         children.append(pid)
     try:
-        return _floor_worker(data_dir, db_path, sock, 0, pipes[0][1] if pipes else None)
+        return _floor_worker(data_dir, db_path, sock, 0, ends[0])
     finally:
         for pid in children:
             os.kill(pid, signal.SIGTERM)
@@ -232,9 +235,27 @@ def _floor_store(raw: Any, template: bytes, partner: str, ref: str, state: str, 
 _FRAME = struct.Struct("!I")
 
 
+def _frame(message: tuple[Any, ...]) -> bytes:
+    """*message* as it goes between a floor worker and its writer process: length, then marshal."""
+    payload = marshal.dumps(message)
+    return _FRAME.pack(len(payload)) + payload
+
+
+def _take_frames(buf: bytearray) -> list[tuple[Any, ...]]:
+    """The whole messages at the start of *buf*, taken out of it (a partial one stays)."""
+    messages = []
+    while len(buf) >= _FRAME.size:
+        (length,) = _FRAME.unpack_from(buf)
+        end = _FRAME.size + length
+        if len(buf) < end:
+            break
+        messages.append(marshal.loads(bytes(buf[_FRAME.size:end])))
+        del buf[:end]
+    return messages
+
+
 def _floor_writer(db_path: Path, socks: list[socket.socket]) -> int:
     """The writer process: every worker's transactions that are waiting, in one commit, again and again."""
-    import marshal
     import sqlite3
 
     db = sqlite3.connect(db_path, isolation_level=None)
@@ -267,12 +288,7 @@ def _floor_writer(db_path: Path, socks: list[socket.socket]) -> int:
                 if not data:
                     stop()
                 buf += data
-            while len(buf) >= 4:
-                (length,) = _FRAME.unpack_from(buf)
-                if len(buf) < 4 + length:
-                    break
-                batch.append((sock, marshal.loads(bytes(buf[4:4 + length]))))
-                del buf[:4 + length]
+            batch.extend((sock, message) for message in _take_frames(buf))
         if not batch:
             continue
         db.execute("BEGIN IMMEDIATE")
@@ -292,8 +308,7 @@ def _floor_writer(db_path: Path, socks: list[socket.socket]) -> int:
         counts[1] += 1
         replies: dict[socket.socket, list[bytes]] = {}
         for sock, request_id, ack in answers:
-            payload = marshal.dumps((request_id, ack))
-            replies.setdefault(sock, []).append(_FRAME.pack(len(payload)) + payload)
+            replies.setdefault(sock, []).append(_frame((request_id, ack)))
         for sock, frames in replies.items():
             sock.setblocking(True)
             sock.sendall(b"".join(frames))
@@ -391,8 +406,6 @@ class _WriterClient:
 
     @classmethod
     def over(cls, reactor: Any, sock: socket.socket) -> _WriterClient:
-        import marshal
-
         from twisted.internet.protocol import Factory, Protocol
 
         client = cls()
@@ -402,14 +415,8 @@ class _WriterClient:
                 client.transport = self.transport
 
             def dataReceived(self, data: bytes) -> None:  # noqa: N802
-                buf = client.buffer
-                buf += data
-                while len(buf) >= 4:
-                    (length,) = _FRAME.unpack_from(buf)
-                    if len(buf) < 4 + length:
-                        break
-                    request_id, ack = marshal.loads(bytes(buf[4:4 + length]))
-                    del buf[:4 + length]
+                client.buffer += data
+                for request_id, ack in _take_frames(client.buffer):
                     done = client.pending.pop(request_id)
                     if ack is None:
                         done.errback(RuntimeError("the writer refused the transaction"))
@@ -419,7 +426,6 @@ class _WriterClient:
         sock.setblocking(False)
         # Twisted duplicates the descriptor; the protocol's connectionMade hands over the transport.
         reactor.adoptStreamConnection(sock.fileno(), socket.AF_UNIX, Factory.forProtocol(Framed))
-        client.marshal = marshal
         return client
 
     def __init__(self) -> None:
@@ -434,8 +440,7 @@ class _WriterClient:
         self.next_id += 1
         done: Deferred = Deferred()
         self.pending[self.next_id] = done
-        payload = self.marshal.dumps((self.next_id, *args))
-        self.transport.write(_FRAME.pack(len(payload)) + payload)
+        self.transport.write(_frame((self.next_id, *args)))
         return done
 
 

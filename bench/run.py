@@ -21,6 +21,10 @@ freshly started server on its own copy of that directory:
                   (XSD validation, the incident read and written, the message with its
                   acknowledgement and the delivery kept, gsem's durable group commit)
                   with no gsem logic in between: what a hub written this way can reach.
+``floor-rate``    the floor at the offered rate of ``hub-rate``.
+``floor-writer``,
+``floor-writer-rate``  the same two with a writer process of the floor's own
+                  (``--writer-process``) instead of workers taking turns at the database.
 ``hub``           the hub, 64 persistent partner connections, 2 KB lifecycles, closed loop.
 ``hub-rate``      the hub at a fixed offered rate (open loop), for latency at that rate.
 ``hub-connect``   the hub with a new connection and TLS handshake for every transaction.
@@ -308,6 +312,17 @@ def set_affinity(cpus: list[int] | None) -> Any:
     return lambda: os.sched_setaffinity(0, set(cpus))
 
 
+#: bench/bare_server.py's arguments for each baseline server kind.
+BARE_KINDS = {
+    "twisted": ["--kind", "twisted"],
+    "minimal": ["--kind", "minimal"],
+    "floor": ["--kind", "floor"],
+    "floor-writer": ["--kind", "floor", "--writer-process"],
+}
+#: The kinds of server that run with the hub's number of worker processes.
+WORKER_KINDS = ("hub", "floor", "floor-writer")
+
+
 #: The line each hub worker's SQLite writer logs when it stops (gsem.db.pool.WriterStats.summary).
 WRITER_SUMMARY = re.compile(
     r"database writer: ([\d,]+) transactions in ([\d,]+) commits? \([\d.]+ per commit\) in ([\d.]+) s from the first to the last; "
@@ -346,9 +361,7 @@ class Server:
             ready = re.compile(r"gsem: serving https://([^:/]+):(\d+)/")
         else:
             command = [sys.executable, str(BENCH / "bare_server.py"), "--data-dir", str(data_dir),
-                       "--kind", kind.removesuffix("-writer"), "--port", "0", "--workers", str(workers)]
-            if kind == "floor-writer":
-                command.append("--writer-process")
+                       *BARE_KINDS[kind], "--port", "0", "--workers", str(workers)]
             ready = re.compile(r"bare: serving https://([^:/]+):(\d+)/")
         self.command = command
         self.acks = 0
@@ -696,13 +709,12 @@ def run_phase(settings: Settings, name: str, kind: str, workers: int | None = No
     describe = {"closed": "persistent connections, closed loop",
                 "open": f"open loop at {load.get('rate')} tx/s offered",
                 "connect": "a new TLS connection per transaction"}[load["mode"]]
-    server_name = f"{kind} server" if kind not in ("hub", "floor", "floor-writer") else (
-        f"{kind} ({settings.workers if workers is None else workers} workers)")
+    hub_workers = (settings.workers if workers is None else workers) if kind in WORKER_KINDS else 1
+    server_name = f"{kind} ({hub_workers} workers)" if kind in WORKER_KINDS else f"{kind} server"
     say(f"- {name}: {server_name}, {load['size']} documents, {describe}, "
         f"{settings.warmup:g} s warm-up + {load.get('duration') or settings.duration:g} s")
     phase_dir = settings.work / name
     phase_dir.mkdir(exist_ok=True)
-    hub_workers = (settings.workers if workers is None else workers) if kind in ("hub", "floor", "floor-writer") else 1
     server = Server(kind, data_dir, settings.server_cpus, phase_dir, workers=hub_workers)
     try:
         result = run_load(settings, name, server, **load)
@@ -713,11 +725,11 @@ def run_phase(settings: Settings, name: str, kind: str, workers: int | None = No
         result["wal_mib_at_end"] = round(wal.stat().st_size / MIB, 1) if wal.exists() else 0.0
     finally:
         server.stop()
-    result["hub_workers"] = hub_workers if kind in ("hub", "floor", "floor-writer") else None
+    result["hub_workers"] = hub_workers if kind in WORKER_KINDS else None
     counts = result.pop("_server_counts")
     result["server_log"] = {"warnings": server.log_counts["warn"], "errors": server.log_counts["error"]}
-    if kind in ("hub", "floor"):
-        result["writer"] = writer_figures(server.writer_lines)
+    if kind in WORKER_KINDS:
+        result["writer"] = writer_figures(server.writer_lines)  # None without gsem's writer (floor-writer)
     if kind == "hub":
         result["hub_acks_logged"] = counts["acks_logged"]
         result["hub_acks_yes_logged"] = counts["acks_yes_logged"]
@@ -1236,8 +1248,8 @@ def cpu_list(value: str) -> list[int] | None:
     return cpus
 
 
-ALL_PHASES = ("inproc", "loadgen", "bare", "floor", "floor-rate", "floor-writer", "floor-writer-rate", "hub", "hub-1w", "hub-rate", "hub-rate-half", "hub-connect", "bare-connect",
-              "hub-10k", "hub-100k")
+ALL_PHASES = ("inproc", "loadgen", "bare", "floor", "floor-rate", "floor-writer", "floor-writer-rate", "hub", "hub-1w",
+              "hub-rate", "hub-rate-half", "hub-connect", "bare-connect", "hub-10k", "hub-100k")
 
 
 def main(argv: list[str] | None = None) -> int:
