@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo
 PYTEST_ARGS ?=
+# pytest-xdist workers for `make test`: one per CPU (`auto`); 0 runs the suite in one process.
+PYTEST_WORKERS ?= auto
 
 .PHONY: run test lint contract-doc clean-demo venv pg-start
 
@@ -48,7 +50,7 @@ test: $(STAMP)
 	echo "GSEM_TEST_RT_URL=$$rt_url"; \
 	GSEM_TEST_PG_URL="$$url" GSEM_TEST_PG_SKIP_REASON="$$reason" \
 	GSEM_TEST_RT_URL="$$rt_url" GSEM_TEST_RT_SKIP_REASON="$$rt_reason" \
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 pg-start:
 	bash .ci/pg-start
