@@ -6,13 +6,20 @@ alternating between the nodes.  Both nodes deliver by push to the partners' serv
 Every message must arrive exactly once (no raw duplicate at all: no node may deliver a
 delivery another node holds), and per incident first in, first out, across nodes and
 across the two receivers.
+
+A node that dies for good while it holds a delivery's lease (``kill -9``, never
+restarted, so it never gives its leases back) leaves the delivery to the other node
+once the lease has expired, and not before.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import shutil
+import signal
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +36,8 @@ from partner_server import (
     set_delivery_config,
     wait_until,
 )
+
+from gsem.config import default_node_id
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
@@ -156,3 +165,56 @@ def test_two_nodes_on_one_database_deliver_every_message_exactly_once_in_order(
         acme.stop()
     globex.assert_no_traceback()
     acme.assert_no_traceback()
+
+
+LEASE_SECONDS = 5.0  # [delivery] lease_seconds of both nodes in the takeover test
+
+
+def test_a_node_killed_holding_a_lease_leaves_the_delivery_to_the_other_once_the_lease_expires(
+        nodes: tuple[RunningHub, RunningHub], tmp_path: Path) -> None:
+    """kill -9 of the node pushing a document: the other node delivers it after the lease ends, once as a business message."""
+    first, second = nodes
+    # GLOBEX keeps each document as it arrives, then takes its time to answer: the node
+    # that pushed it is still waiting, holding the delivery's lease, when it is killed.
+    globex = PartnerServer.start(tmp_path / "globex-chs", hub_ca=first.ca_cert, delay=60)
+    try:
+        for hub in nodes:
+            set_delivery_config(hub, poll_interval=0.1, lease_seconds=LEASE_SECONDS)
+        set_delivery(first, "GLOBEX", "--mode", "push", "--url", globex.url, "--ca", globex.ca_cert,
+                     "--timeout", 120, "--retry-base", 0.2, "--retry-cap", 1)
+        first.start()
+        second.start()
+        by_node_id = {default_node_id(hub.data_dir): hub for hub in nodes}
+        assert len(by_node_id) == 2
+
+        request = lifecycle("LEASE-1", "GX-LEASE-1", steps=1)[0]
+        status, ack = first.post(request.sender, request.document)
+        assert (status, ack_text(ack, "Acknowledge")) == (200, "Yes")
+        pushed = globex.wait_for(lambda got: len(got) >= 1, timeout=30, what="the first push")[0]
+        [row] = first.query("SELECT id, lease_owner, lease_until FROM deliveries")
+        holder = by_node_id[row["lease_owner"]]
+        survivor = second if holder is first else first
+        lease_until = row["lease_until"].replace(tzinfo=dt.UTC).timestamp()
+        assert lease_until - pushed.at <= LEASE_SECONDS + 0.5, (row, pushed.at)
+
+        globex.configure(delay=0)
+        holder.kill(signal.SIGKILL)
+        killed_at = time.time()
+        receptions = globex.wait_for(lambda got: len(got) >= 2, timeout=LEASE_SECONDS + 30,
+                                     what="the push from the node that is left")
+        wait_until(lambda: first.query("SELECT state FROM deliveries")[0]["state"] == "acknowledged",
+                   timeout=30, what="the delivery acknowledged")
+
+        again = receptions[1]
+        # Not before the dead node's lease ended (the timestamps are both this host's clock,
+        # the database's to the microsecond), though the survivor polled every 0.1 s.
+        assert again.at >= lease_until - 0.05, (again.at, lease_until, killed_at)
+        assert again.delivery_id == pushed.delivery_id == str(row["id"])
+        assert [(r.outcome, r.transaction) for r in receptions] == [
+            ("accepted", "Service_Request"), ("duplicate", "Service_Request")]
+        assert len(globex.messages()) == 1
+        attempts = first.query("SELECT node, outcome FROM delivery_attempts WHERE delivery_id = :id", id=row["id"])
+        assert [(a["node"], a["outcome"]) for a in attempts] == [(default_node_id(survivor.data_dir), "acknowledged")]
+    finally:
+        globex.stop()
+    globex.assert_no_traceback()
