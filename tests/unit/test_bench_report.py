@@ -57,6 +57,18 @@ def test_a_target_one_floor_meets_is_not_out_of_reach(bench: ModuleType) -> None
     assert found["p99"]["floor_met"] is True  # the writer process's floor met it
 
 
+def test_the_hub_is_compared_with_the_faster_floor(bench: ModuleType) -> None:
+    """hub / floor and floor / ceiling use whichever floor reached more in the run, and name it."""
+    report = {"phases": {"bare": _phase(3000), "hub": _phase(600), "floor": _phase(1500),
+                         "floor-writer": _phase(2000)}}
+    bench.evaluate_targets(report)
+    assert (report["floor_phase"], report["hub_to_floor_ratio"], report["floor_to_ceiling_ratio"]) == \
+        ("floor-writer", 0.3, 0.667)
+    report = {"phases": {"bare": _phase(3000), "hub": _phase(600), "floor": _phase(1200)}}
+    bench.evaluate_targets(report)
+    assert (report["floor_phase"], report["hub_to_floor_ratio"]) == ("floor", 0.5)
+
+
 def test_a_floor_at_another_offered_rate_says_nothing_of_the_latency_target(bench: ModuleType) -> None:
     found = _targets(bench, hub=_phase(900), hub_rate=_phase(850, 3000, 1000), floor_rate=_phase(500, 10, 500))
     assert "floor" not in found["p99"]
