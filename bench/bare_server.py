@@ -15,9 +15,8 @@ acknowledgement (the size of a real one), and stop on SIGTERM.
     directory's partner table), Twisted web set up as the hub's
     (``gsem.web.listener_site``: ``LimitedRequest``, no access-log line, no form
     parsing), the same log observer as ``gsem serve``, and a resource that reads the
-    body and writes the acknowledgement the way the hub's does (``request.write`` then
-    ``finish``, so chunked).  No parsing, no validation, no
-    database, no acknowledgement log.
+    body and answers the acknowledgement with the hub's own ``gsem.web.answer`` (with its
+    Content-Length).  No parsing, no validation, no database, no acknowledgement log.
 ``floor`` (the least a hub must do, with no gsem logic in between)
     The ``twisted`` server, with ``--workers`` processes sharing its port as ``gsem serve``
     runs them, doing for every request only what SPEC asks of any hub and as directly
@@ -91,21 +90,15 @@ def _trust_lookup(database_url: str):  # noqa: ANN202
 
 def serve_twisted(data_dir: Path, port: int) -> int:
     """The hub's TLS listener and web layer around a fixed acknowledgement."""
-    from twisted.internet import reactor
-    from twisted.logger import globalLogBeginner, textFileLogObserver
     from twisted.web.resource import Resource
     from twisted.web.server import NOT_DONE_YET
 
-    from gsem.tls import PartnerTrustStore, listen_tls, partner_of
-    from gsem.web import ACK_CONTENT_TYPE, listener_site
+    from gsem.tls import partner_of
 
     config = load_config(data_dir)
-    # Log as `gsem serve` does, with the hub's own web layer (gsem.web.listener_site: no
-    # access-log line, no form parsing), so that the difference to the hub is gsem's own
-    # work and nothing else.
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
-    lookup = _trust_lookup(config.database_url)
+    _log_as_gsem_serve()
     body = fixed_ack()
+    send = _answerer()
 
     class FixedAcknowledgement(Resource):
         isLeaf = True
@@ -116,27 +109,60 @@ def serve_twisted(data_dir: Path, port: int) -> int:
                 return b""
             request.content.seek(0)
             request.content.read()
-            request.setResponseCode(200)
-            request.setHeader(b"Content-Type", ACK_CONTENT_TYPE)
-            request.write(body)
-            request.finish()
+            send(body, request)
             return NOT_DONE_YET
 
+    _serve(config, FixedAcknowledgement(), "twisted", port=port)
+    return 0
+
+
+def _log_as_gsem_serve() -> None:
+    """Log as ``gsem serve`` does: Twisted's text observer on standard error."""
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+
+
+def _answerer() -> Any:
+    """``send(ack, request)``: answer 200 with *ack* as the hub answers (``gsem.web.answer``, with its Content-Length)."""
+    from gsem.exchange import Outcome
+    from gsem.web import answer
+
+    def send(ack: bytes, request: Any) -> None:
+        answer(request, Outcome(200, ack))
+
+    return send
+
+
+def _serve(config: Any, resource: Any, kind: str, *, port: int = 0, adopt: socket.socket | None = None,
+           announce: bool = True) -> None:
+    """Serve *resource* behind the hub's own TLS listener and web layer until SIGTERM.
+
+    The web layer is ``gsem.web.listener_site`` (no access-log line, no form parsing) and
+    partners are checked as the hub checks them, so that the difference to the hub is
+    gsem's own work and nothing else.  With *adopt*, the socket shared by the workers is
+    served; with *announce*, the address is printed for bench/run.py.
+    """
+    from twisted.internet import reactor
+
+    from gsem.tls import PartnerTrustStore, listen_tls
+    from gsem.web import listener_site
+
     limits = config.limits
-    site = listener_site(FixedAcknowledgement(), max_body_bytes=limits.max_body_bytes,
-                         idle_timeout=limits.idle_timeout, reactor=reactor)
+    site = listener_site(resource, max_body_bytes=limits.max_body_bytes, idle_timeout=limits.idle_timeout,
+                         reactor=reactor)
     store = PartnerTrustStore(config.ca_paths, config.crl_paths, config.server_cert, config.server_key,
-                              lookup, clock=reactor)
+                              _trust_lookup(config.database_url), clock=reactor)
 
     async def start() -> None:
         listening = await listen_tls(reactor, port, config.host, site, store,
-                                     handshake_timeout=limits.handshake_timeout)
-        host = listening.getHost()
-        print(f"bare: serving https://{host.host}:{host.port}/sis/v1/transactions (twisted)",
-              file=sys.stderr, flush=True)
+                                     handshake_timeout=limits.handshake_timeout, adopt=adopt)
+        if announce:
+            host = listening.getHost()
+            print(f"bare: serving https://{host.host}:{host.port}/sis/v1/transactions ({kind})",
+                  file=sys.stderr, flush=True)
 
     _run_until_sigterm(reactor, start)
-    return 0
 
 
 def _run_until_sigterm(reactor: Any, start: Any) -> None:
@@ -323,18 +349,15 @@ def _floor_worker(data_dir: Path, db_path: Path, sock: socket.socket, index: int
     from lxml import etree
     from twisted.internet import reactor
     from twisted.internet.defer import Deferred
-    from twisted.logger import globalLogBeginner, textFileLogObserver
     from twisted.web.resource import Resource
     from twisted.web.server import NOT_DONE_YET
 
     from gsem.db.connector import Database
     from gsem.schema import incident_schema
-    from gsem.tls import PartnerTrustStore, listen_tls, partner_of
-    from gsem.web import ACK_CONTENT_TYPE, listener_site
+    from gsem.tls import partner_of
 
     config = load_config(data_dir)
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
-    lookup = _trust_lookup(config.database_url)
+    _log_as_gsem_serve()
     parser = etree.XMLParser(schema=incident_schema(), resolve_entities=False, no_network=True)
     template = fixed_ack()
     ack_ids = (f"01FLOOR{index:02d}{n:017d}".encode() for n in itertools.count())
@@ -349,11 +372,7 @@ def _floor_worker(data_dir: Path, db_path: Path, sock: socket.socket, index: int
         database = None
         submit = _WriterClient.over(reactor, writer).submit
 
-    def answer(ack: bytes, request) -> None:  # noqa: ANN001
-        request.setHeader(b"Content-Type", ACK_CONTENT_TYPE)
-        request.setHeader(b"Content-Length", b"%d" % len(ack))
-        request.write(ack)
-        request.finish()
+    answer = _answerer()
 
     def failed(failure, request) -> None:  # noqa: ANN001
         print(f"floor: {failure.getErrorMessage()}", file=sys.stderr, flush=True)
@@ -382,20 +401,7 @@ def _floor_worker(data_dir: Path, db_path: Path, sock: socket.socket, index: int
             done.addCallbacks(answer, failed, callbackArgs=(request,), errbackArgs=(request,))
             return NOT_DONE_YET
 
-    limits = config.limits
-    site = listener_site(Floor(), max_body_bytes=limits.max_body_bytes, idle_timeout=limits.idle_timeout,
-                         reactor=reactor)
-    trust = PartnerTrustStore(config.ca_paths, config.crl_paths, config.server_cert, config.server_key,
-                              lookup, clock=reactor)
-
-    async def start() -> None:
-        await listen_tls(reactor, 0, config.host, site, trust, handshake_timeout=limits.handshake_timeout,
-                         adopt=sock)
-        if index == 0:
-            host, bound = sock.getsockname()[:2]
-            print(f"bare: serving https://{host}:{bound}/sis/v1/transactions (floor)", file=sys.stderr, flush=True)
-
-    _run_until_sigterm(reactor, start)
+    _serve(config, Floor(), "floor", adopt=sock, announce=index == 0)
     if database is not None:
         database.stop()  # its writer logs its summary line, as the hub's do
     return 0
