@@ -319,8 +319,10 @@ BARE_KINDS = {
     "floor": ["--kind", "floor"],
     "floor-writer": ["--kind", "floor", "--writer-process"],
 }
+#: The floor servers, by the name of their closed-loop phase (``-rate`` for the open loop).
+FLOOR_KINDS = ("floor", "floor-writer")
 #: The kinds of server that run with the hub's number of worker processes.
-WORKER_KINDS = ("hub", "floor", "floor-writer")
+WORKER_KINDS = ("hub", *FLOOR_KINDS)
 
 
 #: The line each hub worker's SQLite writer logs when it stops (gsem.db.pool.WriterStats.summary).
@@ -1000,7 +1002,7 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     hub = phases.get("hub")
     bare = phases.get("bare")
     # The hub's distance to the floor: to the faster of the two closed-loop floors.
-    closed_loop = [(phases[kind]["tps"], kind) for kind in ("floor", "floor-writer") if phases.get(kind, {}).get("tps")]
+    closed_loop = [(phases[kind]["tps"], kind) for kind in FLOOR_KINDS if phases.get(kind, {}).get("tps")]
     best_floor = max(closed_loop)[1] if closed_loop else None
 
     def target(name: str, measured: tuple[str, bool], floors: dict[str, tuple[str, bool]]) -> None:
@@ -1012,7 +1014,7 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
 
     def at_floors(evaluate: Any, suffix: str = "", **match: Any) -> dict[str, tuple[str, bool]]:
         found = {}
-        for kind in ("floor", "floor-writer"):
+        for kind in FLOOR_KINDS:
             phase = phases.get(kind + suffix)
             if phase and all(phase.get(k) == v for k, v in match.items()):
                 found[kind] = evaluate(phase)
