@@ -29,7 +29,14 @@ from gsem.contract import IncidentFacts, Role, State, TransactionSpec
 from gsem.db import model
 from gsem.errors import AckCode, Problem
 from gsem.ids import new_ulid
-from gsem.incident import ForwardTemplate, IncidentChange, forwarded_document, incident_for_query
+from gsem.incident import (
+    Entry,
+    ForwardTemplate,
+    IncidentChange,
+    assemble,
+    forwarded_document,
+    incident_for_query,
+)
 from gsem.validation import DocumentValidator, Inspection, check_state
 from transactions import registry
 
@@ -80,6 +87,12 @@ _UPDATE_INCIDENT = _incidents.update().where(_incidents.c.id == sa.bindparam("in
 _INSERT_MESSAGE = model.messages.insert()
 _INSERT_ACK = _acks.insert()
 _INSERT_DELIVERY = model.deliveries.insert()
+_INSERT_ENTRY = model.incident_entries.insert()
+_SELECT_ENTRIES = (
+    sa.select(model.incident_entries.c.after_children, model.incident_entries.c.xml)
+    .where(model.incident_entries.c.incident_id == sa.bindparam("incident_id"))
+    .order_by(model.incident_entries.c.id)
+)
 #: A message keeps this much of its idempotency key, and keys are compared by it (the
 #: listener never reads more of the header).
 _KEY_LENGTH = model.messages.c.idempotency_key.type.length
@@ -220,6 +233,23 @@ class _Hot:
         else:
             self._run(store, params)
 
+    def write_many(self, store: _Store, rows: list[dict[str, Any]]) -> None:
+        """Run an INSERT once per parameter dict of *rows* (all with the same names), in one call."""
+        if store.raw is None:
+            store.conn.execute(self.statement, rows)
+            return
+        names = tuple(rows[0])
+        sql, getter, processors = self._compiled.get(names) or self._prepare(store.conn, names)
+        values = [list(getter(params)) for params in rows]
+        for row in values:
+            for index, process in processors:
+                row[index] = process(row[index])
+        try:
+            store.raw.executemany(sql, values)
+        except store.error as e:
+            dialect = store.conn.dialect
+            raise sa.exc.DBAPIError.instance(sql, values, e, dialect.loaded_dbapi.Error, dialect=dialect) from e
+
     def rows(self, store: _Store, params: dict[str, Any]) -> list[Any]:
         """Run the SELECT; every row, with attribute access by column key."""
         if store.raw is None:
@@ -254,6 +284,8 @@ _HOT_UPDATE_INCIDENT = _Hot(_UPDATE_INCIDENT)
 _HOT_INSERT_MESSAGE = _Hot(_INSERT_MESSAGE)
 _HOT_INSERT_ACK = _Hot(_INSERT_ACK)
 _HOT_INSERT_DELIVERY = _Hot(_INSERT_DELIVERY)
+_HOT_INSERT_ENTRY = _Hot(_INSERT_ENTRY)
+_HOT_SELECT_ENTRIES = _Hot(_SELECT_ENTRIES)
 _ADVISORY_LOCK = sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:pair, 0))")
 
 
@@ -483,7 +515,8 @@ def decide_and_store(conn: Connection, inbound: Inbound, inspection: Inspection,
     spec: TransactionSpec | None = None
     new_state: State | None = None
     state_before: State | None = None
-    document_bytes: bytes | None = None  # the incident after the transaction
+    document_bytes: bytes | None = None  # the incident's document after the transaction ...
+    entries: list[Entry] = []  # ... and the entries it appends (gsem.incident)
     recipient: str | None = None
     provider_id: str | None = None
     texts = prepared  # the document's texts, as the matrix left them
@@ -530,10 +563,13 @@ def decide_and_store(conn: Connection, inbound: Inbound, inspection: Inspection,
         new_state = spec.next_state(inspection.root, facts)
         ack.current_state = new_state.value
         if spec.name == _QUERY:
-            ack.incident = incident_for_query(etree.fromstring(incident.document, _PARSER), new_state.value)
+            stored = [(row.after_children, bytes(row.xml))
+                      for row in _HOT_SELECT_ENTRIES.rows(store, {"incident_id": incident.id})]
+            whole = assemble(bytes(incident.document), stored)
+            ack.incident = incident_for_query(etree.fromstring(whole, _PARSER), new_state.value)
         else:
             change = texts.change if texts.change is not None else IncidentChange.prepare(inspection.root)
-            document_bytes = change.apply(None if incident is None else incident.document)
+            document_bytes, entries = change.apply(None if incident is None else bytes(incident.document))
     elif incident is not None:
         ack.current_state = incident.state
 
@@ -551,6 +587,9 @@ def decide_and_store(conn: Connection, inbound: Inbound, inspection: Inspection,
             if provider_ref and not incident.provider_ref:
                 values["provider_ref"] = provider_ref
             _HOT_UPDATE_INCIDENT.write(store, values)
+        if entries:
+            _HOT_INSERT_ENTRY.write_many(store, [dict(incident_id=incident_id, after_children=place, xml=xml)
+                                                 for place, xml in entries])
 
     document = ack.to_bytes()
     http_status = ack.http_status

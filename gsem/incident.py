@@ -2,6 +2,12 @@
 
 Scalars overwrite; a whole object replaces the stored one; ACTIVITY, SOLUTION and
 ATTACHMENT entries are appended to the incident's history.  Pure functions on lxml trees.
+
+The hub stores an incident in two parts (docs/decisions.md 30): its document without the
+appended entries (``incidents.document``, rewritten by each transaction) and each entry
+once, as a row of its own with its place among the document's children
+(``incident_entries``).  :func:`assemble` puts them back together; :func:`split` takes a
+whole incident apart.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from lxml import etree
 from gsem.xmlsafe import escape_text
 
 __all__ = ["APPENDED", "apply_transaction", "merge_into", "stored_parts", "merge_stored_parts", "IncidentChange",
-           "incident_for_query", "forwarded_document", "ForwardTemplate"]
+           "Entry", "assemble", "split", "incident_for_query", "forwarded_document", "ForwardTemplate"]
 
 #: Entries appended to the incident's history rather than replaced.
 APPENDED = frozenset({"ACTIVITY", "SOLUTION", "ATTACHMENT"})
@@ -53,12 +59,25 @@ def stored_parts(document: etree._Element) -> list[etree._Element]:
     return parts
 
 
-def merge_stored_parts(incident: etree._Element | None, parts: list[etree._Element]) -> etree._Element:
-    """:func:`merge_into` of the document whose :func:`stored_parts` *parts* are; moves them in."""
+#: An appended entry as stored: how many of the incident document's children come before
+#: it, and its bytes as lxml writes it.
+Entry = tuple[int, bytes]
+
+
+def merge_stored_parts(incident: etree._Element | None, parts: list[etree._Element],
+                       entries: list[Entry] | None = None) -> etree._Element:
+    """:func:`merge_into` of the document whose :func:`stored_parts` *parts* are; moves them in.
+
+    With *entries*, the appended parts are added to it instead (each with its place),
+    and the result is the incident document without them (:func:`assemble`).
+    """
     result = etree.Element("SERVICE_INCIDENT") if incident is None else incident
     for part in parts:
         if part.tag in APPENDED:
-            result.append(part)
+            if entries is None:
+                result.append(part)
+            else:
+                entries.append((len(result), etree.tostring(part, encoding="UTF-8")))
             continue
         existing = result.find(part.tag)
         if existing is None:
@@ -104,25 +123,80 @@ class IncidentChange:
             written.append((part.tag.encode("ascii"), text))
         return cls(parts, None if written is None else tuple(written))
 
-    def apply(self, stored: bytes | None) -> bytes:
-        """The incident after the change, written: *stored* (None for a new one) merged."""
+    def apply(self, stored: bytes | None) -> tuple[bytes, list[Entry]]:
+        """The incident after the change: *stored* (its document without the appended
+        entries; None for a new incident) merged, and the entries the change appends.
+
+        ``assemble(*apply(base))``, with the incident's earlier entries first, is what
+        ``etree.tostring(merged, encoding="UTF-8")`` returns for the whole incident.
+        """
+        entries: list[Entry] = []
         children = None if self.written is None else [] if stored is None else _children(stored)
         if self.written is None or children is None:
             incident = None if stored is None else etree.fromstring(stored, _PARSER)
-            return etree.tostring(merge_stored_parts(incident, self.parts), encoding="UTF-8")
+            return etree.tostring(merge_stored_parts(incident, self.parts, entries), encoding="UTF-8"), entries
         for tag, text in self.written:
-            if tag not in _APPENDED_BYTES:
-                for index, (_, other) in enumerate(children):
-                    if other == tag:
-                        children[index] = (text, tag)
-                        break
-                else:
-                    children.append((text, tag))
+            if tag in _APPENDED_BYTES:
+                entries.append((len(children), text))
+                continue
+            for index, (_, other) in enumerate(children):
+                if other == tag:
+                    children[index] = (text, tag)
+                    break
             else:
                 children.append((text, tag))
         if not children:
-            return _EMPTY
-        return _OPEN + b"".join([text for text, _ in children]) + _CLOSE
+            return _EMPTY, entries
+        return _OPEN + b"".join([text for text, _ in children]) + _CLOSE, entries
+
+
+def assemble(base: bytes, entries: list[Entry]) -> bytes:
+    """The whole incident: *base* (``incidents.document``) with *entries* (in the order they
+    were appended) put back in their places, as lxml writes the merged tree."""
+    if not entries:
+        return base
+    children = None if any(b"xmlns" in text for _, text in entries) else _children(base)
+    if children is not None:
+        # Joined as bytes, as IncidentChange.apply joins them: no parse, the same bytes.
+        joined: list[bytes] = []
+        taken = 0
+        for place, text in entries:
+            joined.extend(child for child, _ in children[taken:max(taken, place)])
+            taken = max(taken, min(place, len(children)))
+            joined.append(text)
+        joined.extend(child for child, _ in children[taken:])
+        return _OPEN + b"".join(joined) + _CLOSE
+    root = etree.fromstring(base, _PARSER)
+    children = list(root)
+    ordered: list[etree._Element] = []
+    taken = 0
+    for place, text in entries:
+        while taken < min(place, len(children)):
+            ordered.append(children[taken])
+            taken += 1
+        ordered.append(etree.fromstring(text, _PARSER))
+    ordered.extend(children[taken:])
+    root[:] = ordered
+    root.text = None
+    return etree.tostring(root, encoding="UTF-8")
+
+
+def split(document: bytes) -> tuple[bytes, list[Entry]]:
+    """A whole incident (as :func:`merge_stored_parts` writes it) as its base and its entries.
+
+    ``assemble(*split(document))`` gives *document* back for any incident the hub wrote.
+    """
+    root = etree.fromstring(document, _PARSER)
+    entries: list[Entry] = []
+    kept = 0
+    for child in list(root):
+        if child.tag in APPENDED:
+            child.tail = None
+            entries.append((kept, etree.tostring(child, encoding="UTF-8")))
+            root.remove(child)
+        else:
+            kept += 1
+    return etree.tostring(root, encoding="UTF-8"), entries
 
 
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True)

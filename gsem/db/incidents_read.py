@@ -21,6 +21,7 @@ from gsem.db.deliveries import (
     receiver_result,
 )
 from gsem.errors import GsemError
+from gsem.incident import assemble
 
 __all__ = [
     "IncidentSummary",
@@ -202,7 +203,10 @@ def get_incident(conn: Connection, incident: int | tuple[str, str]) -> IncidentD
     ).all()
     return IncidentDetail(
         incident=_summary(row),
-        document=bytes(row.document),
+        document=assemble(bytes(row.document), [
+            (entry.after_children, bytes(entry.xml)) for entry in conn.execute(
+                sa.select(model.incident_entries.c.after_children, model.incident_entries.c.xml)
+                .where(model.incident_entries.c.incident_id == row.id).order_by(model.incident_entries.c.id))]),
         history=tuple(e for e in entries if e.accepted),
         rejections=tuple(e for e in entries if not e.accepted),
         deliveries=tuple(

@@ -79,7 +79,8 @@ incidents = sa.Table(
     sa.Column("requester_ref", sa.String(64), nullable=False),  # RequesterID
     sa.Column("provider_ref", sa.String(64), nullable=True),  # ProviderID
     sa.Column("state", sa.String(40), nullable=False),
-    # the merged SERVICE_INCIDENT (SPEC §4.2), UTF-8 XML
+    # the merged SERVICE_INCIDENT (SPEC §4.2), UTF-8 XML, without its appended ACTIVITY,
+    # SOLUTION and ATTACHMENT entries: those are incident_entries (gsem.incident.assemble)
     sa.Column("document", sa.LargeBinary, nullable=False),
     # whether the Service_Request carried a PROBLEM (decides Entitlement's next state)
     sa.Column("problem_with_request", sa.Boolean, nullable=False, default=False),
@@ -90,6 +91,20 @@ incidents = sa.Table(
     sa.Index("ix_incident_provider_ref", "provider_id", "requester_ref"),
     # added by 0003_requester_ref_index: _find_incident looks up by RequesterID alone
     sa.Index("ix_incident_requester_ref", "requester_ref"),
+)
+
+#: The appended entries of an incident (ACTIVITY, SOLUTION, ATTACHMENT: SPEC §4.2), each
+#: written once, in the order they came (``id``).  Added by 0005_incident_entries: kept in
+#: the incident's document, they were written again by every later transaction.
+incident_entries = sa.Table(
+    "incident_entries",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("incident_id", sa.Integer, sa.ForeignKey("incidents.id"), nullable=False),
+    # how many children of the incident's document come before it (gsem.incident.Entry)
+    sa.Column("after_children", sa.Integer, nullable=False),
+    sa.Column("xml", sa.LargeBinary, nullable=False),  # the entry, UTF-8 XML
+    sa.Index("ix_incident_entries_incident", "incident_id", "id"),
 )
 
 #: Every request the hub read from a partner, accepted or not (SPEC §6).

@@ -64,15 +64,15 @@ def test_db_upgrade_and_current(gsem: Gsem, data_dir: Path) -> None:
     code, out, _ = gsem("db", "current")
     assert code == 1 and "none (no gsem tables)" in out and f"--data-dir {data_dir}" in out
     code, out, _ = gsem("db", "upgrade")
-    assert code == 0 and "upgraded from empty to revision 0004_keys_on_messages" in out
-    assert "up to date (revision 0004_keys_on_messages)" in gsem("db", "upgrade")[1]
-    assert gsem("db", "current") == (0, "revision 0004_keys_on_messages (up to date)\n", "")
+    assert code == 0 and "upgraded from empty to revision 0005_incident_entries" in out
+    assert "up to date (revision 0005_incident_entries)" in gsem("db", "upgrade")[1]
+    assert gsem("db", "current") == (0, "revision 0005_incident_entries (up to date)\n", "")
 
 
 def test_data_dir_may_follow_the_sub_command(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """'gsem db upgrade --data-dir DIR', as the error message suggests, works too."""
     assert main(["db", "upgrade", "--data-dir", str(data_dir)]) == 0
-    assert "revision 0004_keys_on_messages" in capsys.readouterr().out
+    assert "revision 0005_incident_entries" in capsys.readouterr().out
 
 
 def test_a_missing_configuration_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -35,7 +35,7 @@ def test_upgrade_creates_exactly_the_model_tables(database_url: str) -> None:
             tables = set(sa.inspect(conn).get_table_names())
         assert diff == []
         assert tables == set(model.metadata.tables) | {"alembic_version"}
-        assert database.current_revision() == database.head_revision() == "0004_keys_on_messages"
+        assert database.current_revision() == database.head_revision() == "0005_incident_entries"
     finally:
         database.stop()
 

@@ -20,11 +20,12 @@ from hypothesis import strategies as st
 from lxml import etree
 
 from gsem.ack import mark_duplicate
-from gsem.db import model, partners
+from gsem.db import incidents_read, model, partners
 from gsem.db.connector import Database
 from gsem.db.pool import run_batch
 from gsem.errors import AckCode, Problem
 from gsem.exchange import Inbound, Outcome, Prepared, decide_and_store, prepare_inbound
+from gsem.incident import split
 from gsem.validation import DocumentValidator, Inspection
 
 LIFECYCLE = sorted((Path(__file__).resolve().parents[1] / "fixtures" / "lifecycle").glob("0*.xml"))
@@ -254,7 +255,7 @@ def test_keys_kept_before_0004_still_answer_resends(database_url: str, validator
             ("GLOBEX", "ent-1", hashlib.sha256(entitlement).hexdigest(), second.log_fields["ack_id"], now)]
 
         _migrate(database, "head")
-        assert database.current_revision() == "0004_keys_on_messages"
+        assert database.current_revision() == "0005_incident_entries"
         with database.engine.connect() as conn:
             assert "idempotency_keys" not in sa.inspect(conn).get_table_names()
         again, same_key, other_body = _commit(
@@ -272,5 +273,57 @@ def test_keys_kept_before_0004_still_answer_resends(database_url: str, validator
             # The resends are messages of their own, not accepted: the original keeps the key.
             accepted = conn.execute(sa.select(model.messages.c.accepted).order_by(model.messages.c.id)).scalars()
             assert list(accepted) == [False, True, True, False, False, False]
+    finally:
+        database.stop()
+
+
+#: Who sends each document of the lifecycle fixtures (bench/loadgen.py plays it the same way).
+LIFECYCLE_SENDERS = ("ACME", "GLOBEX", "ACME", "GLOBEX", "GLOBEX", "ACME", "GLOBEX", "ACME", "ACME")
+
+
+def test_incidents_stored_before_0005_keep_their_whole_history(database_url: str, validator: DocumentValidator) -> None:
+    """Migration 0005 moves an incident's appended entries to rows of their own, and back.
+
+    A whole lifecycle is stored; taken back to 0004, the incident's document holds every
+    ACTIVITY, SOLUTION and ATTACHMENT as gsem before 0005 stored it; upgraded again, the
+    document holds none of them, each is a row, and the incident reads as the same
+    document, which later transactions go on from.
+    """
+    database = Database(database_url)
+    try:
+        database.upgrade()
+        database.run_sync(partners.add_partner, "ACME", "Acme")
+        database.run_sync(partners.add_partner, "GLOBEX", "Globex")
+        database.run_sync(partners.add_agreement, "ACME", "GLOBEX", "C-100")
+        for sender, path in zip(LIFECYCLE_SENDERS[:6], LIFECYCLE, strict=False):
+            [outcome] = _commit(database, _call(validator, sender, path.read_bytes()))
+            assert outcome.log_fields["result"] == "Yes", (path.name, outcome.document)
+        whole = database.run_sync(incidents_read.get_incident, ("ACME", "ACME-INC-20931")).document
+        appended = [b"<ACTIVITY>", b"<SOLUTION>", b"<ATTACHMENT>"]
+        assert sum(whole.count(tag) for tag in appended) >= 3
+
+        def stored(conn: sa.Connection) -> tuple[bytes, int]:
+            document = conn.execute(sa.select(model.incidents.c.document)).scalar_one()
+            entries = conn.execute(sa.select(sa.func.count()).select_from(model.incident_entries)).scalar_one()
+            return bytes(document), entries
+
+        base, entries = database.run_sync(stored)
+        assert entries == sum(whole.count(tag) for tag in appended)
+        assert not any(tag in base for tag in appended)
+
+        _migrate(database, "0004_keys_on_messages", down=True)
+        with database.engine.connect() as conn:
+            assert "incident_entries" not in sa.inspect(conn).get_table_names()
+            assert bytes(conn.execute(sa.select(model.incidents.c.document)).scalar_one()) == whole
+
+        _migrate(database, "head")
+        assert database.run_sync(stored) == (base, entries)
+        assert database.run_sync(incidents_read.get_incident, ("ACME", "ACME-INC-20931")).document == whole
+        for sender, path in zip(LIFECYCLE_SENDERS[6:], LIFECYCLE[6:], strict=True):
+            [outcome] = _commit(database, _call(validator, sender, path.read_bytes()))
+            assert outcome.log_fields["result"] == "Yes", (path.name, outcome.document)
+        after = database.run_sync(incidents_read.get_incident, ("ACME", "ACME-INC-20931")).document
+        history, later = split(whole)[1], split(after)[1]
+        assert later[:len(history)] == history and len(later) > len(history), "the history goes on"
     finally:
         database.stop()

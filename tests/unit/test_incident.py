@@ -22,9 +22,11 @@ from gsem.incident import (
     ForwardTemplate,
     IncidentChange,
     apply_transaction,
+    assemble,
     forwarded_document,
     merge_into,
     merge_stored_parts,
+    split,
     stored_parts,
 )
 from gsem.validation import DocumentValidator
@@ -302,12 +304,33 @@ def _each_odd_stored(test: Callable[..., None]) -> Callable[..., None]:
 @given(history=st.lists(DOCUMENTS, min_size=1, max_size=4), odd=st.one_of(st.none(), st.sampled_from(ODD_STORED)))
 @_each_odd_stored
 def test_a_prepared_change_writes_what_the_merged_tree_writes(history: list[bytes], odd: bytes | None) -> None:
-    """IncidentChange.apply returns lxml's bytes of the merged tree, for any stored incident."""
-    stored = odd
+    """IncidentChange.apply, its entries put back, gives lxml's bytes of the merged tree, for any stored incident.
+
+    An odd stored incident is stored as it is, entries and all, as the document of an
+    incident that has no entries yet: what a document written before the entries had
+    rows of their own looks like, or one written by hand.
+    """
+    whole, base, entries = odd, odd, []
     for document in history:
-        expected = _merged_tree(stored, document)
-        assert IncidentChange.prepare(_parse(document)).apply(stored) == expected
-        stored = expected
+        expected = _merged_tree(whole, document)
+        base, appended = IncidentChange.prepare(_parse(document)).apply(base)
+        entries += appended
+        assert assemble(base, entries) == expected
+        whole = expected
+
+
+@given(history=st.lists(DOCUMENTS, min_size=1, max_size=4))
+def test_a_whole_incident_splits_into_its_document_and_entries_and_back(history: list[bytes]) -> None:
+    """split is what the changes store, and assemble undoes it (migration 0005 relies on both)."""
+    whole: bytes | None = None
+    base: bytes | None = None
+    entries: list[tuple[int, bytes]] = []
+    for document in history:
+        whole = _merged_tree(whole, document)
+        base, appended = IncidentChange.prepare(_parse(document)).apply(base)
+        entries += appended
+        assert split(whole) == (base, entries)
+        assert assemble(*split(whole)) == whole
 
 
 def test_the_lifecycle_is_merged_without_parsing_the_stored_incident(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -322,6 +345,10 @@ def test_the_lifecycle_is_merged_without_parsing_the_stored_incident(monkeypatch
 
     monkeypatch.setattr("gsem.incident.etree.fromstring", no_parsing)
     stored: bytes | None = None
+    entries: list[tuple[int, bytes]] = []
     for change in changes:
-        stored = change.apply(stored)
-    assert stored == etree.tostring(expected, encoding="UTF-8")
+        stored, appended = change.apply(stored)
+        entries += appended
+    monkeypatch.undo()
+    assert stored is not None and b"<ACTIVITY>" not in stored, "the entries are kept apart"
+    assert assemble(stored, entries) == etree.tostring(expected, encoding="UTF-8")
