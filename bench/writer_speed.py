@@ -62,16 +62,21 @@ def prepare_batches(data_dir: Path, rounds: int) -> tuple[Database, list[list[An
             for n in range(PARALLEL):
                 partner = "REQ01" if step["role"] == "R" else "PRV01"
                 body = bench.fill(step["body"], f"R-w-{lifecycle}-{n}", f"P-w-{lifecycle}-{n}")
-                inbound = Inbound(partner_id=partner, fingerprint=fingerprints[partner], body=body,
-                                  received_at=datetime.now(UTC).replace(tzinfo=None))
-                inspection = validator.inspect(body)
-                forward = ForwardTemplate.prepare(body)
-                validator.precheck_matrix(inspection)
-                prepared = Prepared.of(inbound, inspection)
-                calls.append((lambda conn, i=inspection, b=inbound, f=forward, p=prepared:
-                              decide_and_store(conn, b, i, validator, {}, f, p), (), {}))
+                calls.append(writer_call(validator, partner, fingerprints[partner], body))
             batches.append(calls)
     return Database(config.database_url), batches
+
+
+def writer_call(validator: DocumentValidator, partner: str, fingerprint: str, body: bytes) -> Any:
+    """*body* from *partner* as one call of a ``run_batch``: prepared as ``Exchange.receive``
+    prepares it before the database (untimed), then ``decide_and_store``."""
+    inbound = Inbound(partner_id=partner, fingerprint=fingerprint, body=body,
+                      received_at=datetime.now(UTC).replace(tzinfo=None))
+    inspection = validator.inspect(body)
+    forward = ForwardTemplate.prepare(body)
+    validator.precheck_matrix(inspection)
+    prepared = Prepared.of(inbound, inspection)
+    return (lambda conn: decide_and_store(conn, inbound, inspection, validator, {}, forward, prepared), (), {})
 
 
 def main(argv: list[str] | None = None) -> int:
