@@ -587,9 +587,6 @@ def decide_and_store(conn: Connection, inbound: Inbound, inspection: Inspection,
             if provider_ref and not incident.provider_ref:
                 values["provider_ref"] = provider_ref
             _HOT_UPDATE_INCIDENT.write(store, values)
-        if entries:
-            _HOT_INSERT_ENTRY.write_many(store, [dict(incident_id=incident_id, after_children=place, xml=xml)
-                                                 for place, xml in entries])
 
     document = ack.to_bytes()
     http_status = ack.http_status
@@ -602,6 +599,10 @@ def decide_and_store(conn: Connection, inbound: Inbound, inspection: Inspection,
                          state_before=state_before.value if state_before else None, state_after=ack.current_state,
                          http_status=http_status, result=result, error_codes=error_codes, document=document,
                          timings=timings)
+    if entries:  # accepted: the incident was written above
+        _HOT_INSERT_ENTRY.write_many(store, [
+            dict(incident_id=incident_id, message_id=message_id, after_children=place, xml=xml)
+            for place, xml in entries])
     # The message, stored as accepted, holds the idempotency key now (``_SELECT_KEY``).
     if ack.accepted and spec is not None and spec.name != _QUERY and recipient is not None:
         _HOT_INSERT_DELIVERY.write(store, dict(

@@ -101,6 +101,8 @@ incident_entries = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("incident_id", sa.Integer, sa.ForeignKey("incidents.id"), nullable=False),
+    # the accepted message that appended it; None for the entries 0005 moved out of documents
+    sa.Column("message_id", sa.Integer, sa.ForeignKey("messages.id"), nullable=True),
     # how many children of the incident's document come before it (gsem.incident.Entry)
     sa.Column("after_children", sa.Integer, nullable=False),
     sa.Column("xml", sa.LargeBinary, nullable=False),  # the entry, UTF-8 XML

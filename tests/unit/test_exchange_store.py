@@ -325,5 +325,15 @@ def test_incidents_stored_before_0005_keep_their_whole_history(database_url: str
         after = database.run_sync(incidents_read.get_incident, ("ACME", "ACME-INC-20931")).document
         history, later = split(whole)[1], split(after)[1]
         assert later[:len(history)] == history and len(later) > len(history), "the history goes on"
+        with database.engine.connect() as conn:
+            e, m = model.incident_entries, model.messages
+            appended_by = conn.execute(sa.select(e.c.message_id, m.c.transaction_name, m.c.accepted)
+                                       .outerjoin(m, m.c.id == e.c.message_id).order_by(e.c.id)).all()
+        # Moved out of the document by 0005: which message appended them was not recorded.
+        assert [row.message_id for row in appended_by[:entries]] == [None] * entries
+        # Appended since: each by an accepted message of the rest of the lifecycle.
+        assert appended_by[entries:] and all(row.accepted for row in appended_by[entries:])
+        assert {row.transaction_name for row in appended_by[entries:]} <= {
+            etree.fromstring(path.read_bytes()).findtext("TransactionName") for path in LIFECYCLE[6:]}
     finally:
         database.stop()

@@ -5,7 +5,9 @@ inside ``incidents.document``, they were written again, whole, by every later
 transaction on the incident, and read and scanned again by every decision: the cost of
 a transaction grew with the incident's history (docs/benchmarks.md).  They move to
 ``incident_entries``, one row each with its place among the document's children;
-``gsem.incident.assemble`` puts the whole document back together.
+``gsem.incident.assemble`` puts the whole document back together.  The entries moved
+here keep their order; which message appended each is not recorded (``message_id`` is
+NULL), as the documents did not say.
 
 Revision ID: 0005_incident_entries
 Revises: 0004_keys_on_messages
@@ -40,6 +42,7 @@ def upgrade() -> None:
         "incident_entries",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
         sa.Column("incident_id", sa.Integer, sa.ForeignKey("incidents.id"), nullable=False),
+        sa.Column("message_id", sa.Integer, sa.ForeignKey("messages.id"), nullable=True),
         sa.Column("after_children", sa.Integer, nullable=False),
         sa.Column("xml", sa.LargeBinary, nullable=False),
     )
