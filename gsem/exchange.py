@@ -233,23 +233,6 @@ class _Hot:
         else:
             self._run(store, params)
 
-    def write_many(self, store: _Store, rows: list[dict[str, Any]]) -> None:
-        """Run an INSERT once per parameter dict of *rows* (all with the same names), in one call."""
-        if store.raw is None:
-            store.conn.execute(self.statement, rows)
-            return
-        names = tuple(rows[0])
-        sql, getter, processors = self._compiled.get(names) or self._prepare(store.conn, names)
-        values = [list(getter(params)) for params in rows]
-        for row in values:
-            for index, process in processors:
-                row[index] = process(row[index])
-        try:
-            store.raw.executemany(sql, values)
-        except store.error as e:
-            dialect = store.conn.dialect
-            raise sa.exc.DBAPIError.instance(sql, values, e, dialect.loaded_dbapi.Error, dialect=dialect) from e
-
     def rows(self, store: _Store, params: dict[str, Any]) -> list[Any]:
         """Run the SELECT; every row, with attribute access by column key."""
         if store.raw is None:
@@ -599,10 +582,9 @@ def decide_and_store(conn: Connection, inbound: Inbound, inspection: Inspection,
                          state_before=state_before.value if state_before else None, state_after=ack.current_state,
                          http_status=http_status, result=result, error_codes=error_codes, document=document,
                          timings=timings)
-    if entries:  # accepted: the incident was written above
-        _HOT_INSERT_ENTRY.write_many(store, [
-            dict(incident_id=incident_id, message_id=message_id, after_children=place, xml=xml)
-            for place, xml in entries])
+    for place, xml in entries:  # only when accepted: the incident was written above
+        _HOT_INSERT_ENTRY.write(store, dict(incident_id=incident_id, message_id=message_id,
+                                            after_children=place, xml=xml))
     # The message, stored as accepted, holds the idempotency key now (``_SELECT_KEY``).
     if ack.accepted and spec is not None and spec.name != _QUERY and recipient is not None:
         _HOT_INSERT_DELIVERY.write(store, dict(
