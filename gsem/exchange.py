@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from gsem.ack import Acknowledgement, mark_duplicate
 from gsem.contract import IncidentFacts, Role, State, TransactionSpec
 from gsem.db import model
+from gsem.db.incidents_read import ENTRIES_OF
 from gsem.errors import AckCode, Problem
 from gsem.ids import new_ulid
 from gsem.incident import (
@@ -88,11 +89,6 @@ _INSERT_MESSAGE = model.messages.insert()
 _INSERT_ACK = _acks.insert()
 _INSERT_DELIVERY = model.deliveries.insert()
 _INSERT_ENTRY = model.incident_entries.insert()
-_SELECT_ENTRIES = (
-    sa.select(model.incident_entries.c.after_children, model.incident_entries.c.xml)
-    .where(model.incident_entries.c.incident_id == sa.bindparam("incident_id"))
-    .order_by(model.incident_entries.c.id)
-)
 #: A message keeps this much of its idempotency key, and keys are compared by it (the
 #: listener never reads more of the header).
 _KEY_LENGTH = model.messages.c.idempotency_key.type.length
@@ -268,7 +264,7 @@ _HOT_INSERT_MESSAGE = _Hot(_INSERT_MESSAGE)
 _HOT_INSERT_ACK = _Hot(_INSERT_ACK)
 _HOT_INSERT_DELIVERY = _Hot(_INSERT_DELIVERY)
 _HOT_INSERT_ENTRY = _Hot(_INSERT_ENTRY)
-_HOT_SELECT_ENTRIES = _Hot(_SELECT_ENTRIES)
+_HOT_SELECT_ENTRIES = _Hot(ENTRIES_OF)
 _ADVISORY_LOCK = sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:pair, 0))")
 
 
@@ -546,13 +542,13 @@ def decide_and_store(conn: Connection, inbound: Inbound, inspection: Inspection,
         new_state = spec.next_state(inspection.root, facts)
         ack.current_state = new_state.value
         if spec.name == _QUERY:
-            stored = [(row.after_children, bytes(row.xml))
+            stored = [(row.after_children, row.xml)
                       for row in _HOT_SELECT_ENTRIES.rows(store, {"incident_id": incident.id})]
-            whole = assemble(bytes(incident.document), stored)
+            whole = assemble(incident.document, stored)
             ack.incident = incident_for_query(etree.fromstring(whole, _PARSER), new_state.value)
         else:
             change = texts.change if texts.change is not None else IncidentChange.prepare(inspection.root)
-            document_bytes, entries = change.apply(None if incident is None else bytes(incident.document))
+            document_bytes, entries = change.apply(None if incident is None else incident.document)
     elif incident is not None:
         ack.current_state = incident.state
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from lxml import etree
 
@@ -158,27 +159,24 @@ def assemble(base: bytes, entries: list[Entry]) -> bytes:
     children = None if any(b"xmlns" in text for _, text in entries) else _children(base)
     if children is not None:
         # Joined as bytes, as IncidentChange.apply joins them: no parse, the same bytes.
-        joined: list[bytes] = []
-        taken = 0
-        for place, text in entries:
-            joined.extend(child for child, _ in children[taken:max(taken, place)])
-            taken = max(taken, min(place, len(children)))
-            joined.append(text)
-        joined.extend(child for child, _ in children[taken:])
-        return _OPEN + b"".join(joined) + _CLOSE
+        return _OPEN + b"".join(_interleave([text for text, _ in children], entries)) + _CLOSE
     root = etree.fromstring(base, _PARSER)
-    children = list(root)
-    ordered: list[etree._Element] = []
-    taken = 0
-    for place, text in entries:
-        while taken < min(place, len(children)):
-            ordered.append(children[taken])
-            taken += 1
-        ordered.append(etree.fromstring(text, _PARSER))
-    ordered.extend(children[taken:])
-    root[:] = ordered
+    root[:] = _interleave(list(root), [(place, etree.fromstring(text, _PARSER)) for place, text in entries])
     root.text = None
     return etree.tostring(root, encoding="UTF-8")
+
+
+def _interleave(children: list[Any], entries: list[tuple[int, Any]]) -> list[Any]:
+    """*children* with each entry's item put after the first *place* of them, in order."""
+    ordered: list[Any] = []
+    taken = 0
+    for place, item in entries:
+        upto = max(taken, min(place, len(children)))
+        ordered.extend(children[taken:upto])
+        taken = upto
+        ordered.append(item)
+    ordered.extend(children[taken:])
+    return ordered
 
 
 def split(document: bytes) -> tuple[bytes, list[Entry]]:

@@ -24,6 +24,7 @@ from gsem.errors import GsemError
 from gsem.incident import assemble
 
 __all__ = [
+    "ENTRIES_OF",
     "IncidentSummary",
     "HistoryEntry",
     "DeliveryEntry",
@@ -122,6 +123,14 @@ def _summary(row: sa.Row) -> IncidentSummary:
     )
 
 
+#: An incident's appended entries (``incident_id``), in the order they came: what
+#: :func:`gsem.incident.assemble` puts back into its document.
+ENTRIES_OF = (
+    sa.select(model.incident_entries.c.after_children, model.incident_entries.c.xml)
+    .where(model.incident_entries.c.incident_id == sa.bindparam("incident_id"))
+    .order_by(model.incident_entries.c.id)
+)
+
 _SUMMARY_COLUMNS = tuple(c for c in model.incidents.c if c.name != "document")
 
 
@@ -204,9 +213,7 @@ def get_incident(conn: Connection, incident: int | tuple[str, str]) -> IncidentD
     return IncidentDetail(
         incident=_summary(row),
         document=assemble(bytes(row.document), [
-            (entry.after_children, bytes(entry.xml)) for entry in conn.execute(
-                sa.select(model.incident_entries.c.after_children, model.incident_entries.c.xml)
-                .where(model.incident_entries.c.incident_id == row.id).order_by(model.incident_entries.c.id))]),
+            (entry.after_children, bytes(entry.xml)) for entry in conn.execute(ENTRIES_OF, {"incident_id": row.id})]),
         history=tuple(e for e in entries if e.accepted),
         rejections=tuple(e for e in entries if not e.accepted),
         deliveries=tuple(
