@@ -8,8 +8,8 @@ exactly that part, without network or threads: whole 2 KB lifecycles (the benchm
 documents, ``bench/run.py``) for 32 incidents at a time, each step of the 32 as one group
 commit (``gsem.db.pool.run_batch`` of ``decide_and_store``, as the hub's writer runs a
 batch), on a fresh SQLite file with the hub's settings.  What ``Exchange.receive`` does
-before the database (inspect, the forwarded document's template, the matrix precheck,
-``Prepared.of``) is done first, untimed.
+before the database (``prepare_inbound``: inspect, the forwarded document's template,
+the matrix precheck, ``Prepared.of``) is done first, untimed.
 
 It prints the writer's CPU time and wall time per transaction; ``--profile``
 adds cProfile's top functions (which roughly doubles the times).
@@ -37,8 +37,7 @@ import run as bench  # noqa: E402
 from gsem.config import load_config  # noqa: E402
 from gsem.db.connector import Database  # noqa: E402
 from gsem.db.pool import run_batch  # noqa: E402
-from gsem.exchange import Inbound, Prepared, decide_and_store  # noqa: E402
-from gsem.incident import ForwardTemplate  # noqa: E402
+from gsem.exchange import Inbound, decide_and_store, prepare_inbound  # noqa: E402
 from gsem.pki import fingerprint_sha256  # noqa: E402
 from gsem.validation import DocumentValidator  # noqa: E402
 from gsem.xmlsafe import ParseLimits  # noqa: E402
@@ -69,13 +68,10 @@ def prepare_batches(data_dir: Path, rounds: int) -> tuple[Database, list[list[An
 
 def writer_call(validator: DocumentValidator, partner: str, fingerprint: str, body: bytes) -> Any:
     """*body* from *partner* as one call of a ``run_batch``: prepared as ``Exchange.receive``
-    prepares it before the database (untimed), then ``decide_and_store``."""
+    prepares it before the database (``prepare_inbound``, untimed), then ``decide_and_store``."""
     inbound = Inbound(partner_id=partner, fingerprint=fingerprint, body=body,
                       received_at=datetime.now(UTC).replace(tzinfo=None))
-    inspection = validator.inspect(body)
-    forward = ForwardTemplate.prepare(body)
-    validator.precheck_matrix(inspection)
-    prepared = Prepared.of(inbound, inspection)
+    inspection, forward, prepared = prepare_inbound(validator, inbound)
     return (lambda conn: decide_and_store(conn, inbound, inspection, validator, {}, forward, prepared), (), {})
 
 
