@@ -328,7 +328,9 @@ WORKER_KINDS = ("hub", *FLOOR_KINDS)
 #: The line each hub worker's SQLite writer logs when it stops (gsem.db.pool.WriterStats.summary).
 WRITER_SUMMARY = re.compile(
     r"database writer: ([\d,]+) transactions in ([\d,]+) commits? \([\d.]+ per commit\) in ([\d.]+) s from the first to the last; "
-    r"the write lock held ([\d.]+) s .*?waited for it ([\d.]+) s; a commit took ([\d.]+) ms")
+    r"the write lock held ([\d.]+) s .*?waited for it ([\d.]+) s; a commit took ([\d.]+) ms"
+    r"(?: on average; of the lock's time per transaction, ([\d.]+) ms running it, ([\d.]+) ms committing "
+    r"and ([\d.]+) ms until the reactor began its batch)?")
 
 
 def writer_figures(lines: list[str]) -> dict[str, float] | None:
@@ -345,10 +347,15 @@ def writer_figures(lines: list[str]) -> dict[str, float] | None:
     up = max(float(f[2]) for f in found)
     held = sum(float(f[3]) for f in found)
     committing = sum(int(f[1].replace(",", "")) * float(f[5]) / 1000 for f in found)
-    return {"transactions": tx, "commits": commits, "per_commit": round(tx / max(commits, 1), 1),
-            "lock_busy": round(held / up, 3), "held_ms_per_tx": round(held / max(tx, 1) * 1000, 3),
-            "waited_s": round(sum(float(f[4]) for f in found), 1),
-            "commit_ms": round(committing / max(commits, 1) * 1000, 2)}
+    figures = {"transactions": tx, "commits": commits, "per_commit": round(tx / max(commits, 1), 1),
+               "lock_busy": round(held / up, 3), "held_ms_per_tx": round(held / max(tx, 1) * 1000, 3),
+               "waited_s": round(sum(float(f[4]) for f in found), 1),
+               "commit_ms": round(committing / max(commits, 1) * 1000, 2)}
+    if all(f[6] is not None for f in found):
+        # Where the held time went, per transaction, each worker weighted by its transactions.
+        for name, index in (("running_ms_per_tx", 6), ("committing_ms_per_tx", 7), ("reaching_ms_per_tx", 8)):
+            figures[name] = round(sum(int(f[0].replace(",", "")) * float(f[index]) for f in found) / max(tx, 1), 3)
+    return figures
 
 
 class Server:
@@ -746,8 +753,10 @@ def run_phase(settings: Settings, name: str, kind: str, workers: int | None = No
         f"load generator {fmt(result['loadgen_cpu_us_per_tx'], 0)} µs CPU/tx")
     if result.get("writer"):
         w = result["writer"]
+        split = (f" ({w['running_ms_per_tx']:.2f} running it, {w['committing_ms_per_tx']:.2f} committing, "
+                 f"{w['reaching_ms_per_tx']:.2f} until the reactor began its batch)" if "running_ms_per_tx" in w else "")
         say(f"  writer (warm-up included): the database held {w['lock_busy']:.0%} of the time, "
-            f"{w['held_ms_per_tx']:.2f} ms per transaction, {w['per_commit']:.1f} transactions per commit, "
+            f"{w['held_ms_per_tx']:.2f} ms per transaction{split}, {w['per_commit']:.1f} transactions per commit, "
             f"a commit {w['commit_ms']:.1f} ms; the SQLite log {result['wal_mib_at_end']:,.1f} MiB at the end")
     if result["errors"]:
         say(f"  !! {result['errors']} transactions were not accepted: {result['error_kinds']}")

@@ -77,8 +77,31 @@ def test_a_floor_at_another_offered_rate_says_nothing_of_the_latency_target(benc
 
 def test_the_benchmark_reads_the_summary_the_writer_logs(bench: ModuleType) -> None:
     """bench/run.py's *writer* line comes from the workers' log lines: the two must stay in step."""
-    stats = WriterStats(transactions=1000, commits=40, held=9.5, waited=8.0, committing=0.26, first=100.0, last=110.0)
+    stats = WriterStats(transactions=1000, commits=40, held=9.5, waited=8.0, committing=0.26, reaching=0.5,
+                        running=6.0, first=100.0, last=110.0)
     line = f"2026-11-22T22:08:46+0000 [gsem.db.pool#info] {stats.summary()}\n"
     assert bench.writer_figures([line, "an unrelated line\n"]) == {
         "transactions": 1000, "commits": 40, "per_commit": 25.0, "lock_busy": 0.95, "held_ms_per_tx": 9.5,
-        "waited_s": 8.0, "commit_ms": 6.5}
+        "waited_s": 8.0, "commit_ms": 6.5, "running_ms_per_tx": 6.0, "committing_ms_per_tx": 0.26,
+        "reaching_ms_per_tx": 0.5}
+
+
+def test_the_split_of_the_held_time_is_weighted_by_each_workers_transactions(bench: ModuleType) -> None:
+    """Two workers' summaries: where the lock's time went is per transaction of the whole hub."""
+    busy = WriterStats(transactions=300, commits=10, held=3.0, committing=0.3, reaching=0.3, running=2.1,
+                       first=100.0, last=110.0)
+    idle = WriterStats(transactions=100, commits=10, held=0.6, committing=0.1, reaching=0.1, running=0.3,
+                       first=100.0, last=110.0)
+    figures = bench.writer_figures([busy.summary(), idle.summary()])
+    assert (figures["running_ms_per_tx"], figures["committing_ms_per_tx"], figures["reaching_ms_per_tx"]) == \
+        (6.0, 1.0, 1.0)
+    assert figures["held_ms_per_tx"] == 9.0 and figures["lock_busy"] == 0.36
+
+
+def test_a_summary_without_the_split_still_reads(bench: ModuleType) -> None:
+    """Logs of servers from before the split (or another writer) give the figures they have."""
+    line = ("database writer: 10 transactions in 1 commit (10.0 per commit) in 2.0 s from the first to the last; "
+            "the write lock held 1.0 s (50%, 100.00 ms per transaction), waited for it 0.0 s; "
+            "a commit took 5.0 ms on average")
+    figures = bench.writer_figures([line])
+    assert figures["held_ms_per_tx"] == 100.0 and "running_ms_per_tx" not in figures
