@@ -12,12 +12,16 @@ before the database (``prepare_inbound``: inspect, the forwarded document's temp
 the matrix precheck, ``Prepared.of``) is done first, untimed.
 
 It prints the writer's CPU time and wall time per transaction; ``--profile``
-adds cProfile's top functions (which roughly doubles the times).
+adds cProfile's top functions (which roughly doubles the times), and ``--statements``
+the wall time of each of the hot path's SQL statements (``gsem.exchange._Hot``) per
+call and per transaction: what SQLite and the call into it cost, row by row.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import cProfile
 import pstats
 import shutil
@@ -34,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import run as bench  # noqa: E402
 
+from gsem import exchange  # noqa: E402
 from gsem.config import load_config  # noqa: E402
 from gsem.db.connector import Database  # noqa: E402
 from gsem.db.pool import run_batch  # noqa: E402
@@ -75,11 +80,51 @@ def writer_call(validator: DocumentValidator, partner: str, fingerprint: str, bo
     return (lambda conn: decide_and_store(conn, inbound, inspection, validator, {}, forward, prepared), (), {})
 
 
+class StatementTimes:
+    """While active, the wall time and the calls of each hot-path statement (``_Hot._run``)."""
+
+    def __init__(self) -> None:
+        self.seconds: collections.Counter[Any] = collections.Counter()
+        self.calls: collections.Counter[Any] = collections.Counter()
+        self._run = exchange._Hot._run
+
+    def __enter__(self) -> StatementTimes:
+        run, seconds, calls = self._run, self.seconds, self.calls
+
+        def timed(hot: Any, store: Any, params: dict[str, Any]) -> Any:
+            started = time.perf_counter()
+            try:
+                return run(hot, store, params)
+            finally:
+                seconds[hot] += time.perf_counter() - started
+                calls[hot] += 1
+
+        exchange._Hot._run = timed  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        exchange._Hot._run = self._run  # type: ignore[method-assign]
+
+    def report(self, transactions: int) -> str:
+        lines = [f"{'µs per tx':>10} {'µs a call':>10} {'calls per tx':>13}  statement"]
+        for hot, seconds in self.seconds.most_common():
+            # The SQL as run (compiled for the parameters given), else the statement's own.
+            sql = " ".join((next(iter(hot._compiled.values()))[0] if hot._compiled else str(hot.statement)).split())
+            lines.append(f"{seconds / transactions * 1e6:10.1f} {seconds / self.calls[hot] * 1e6:10.1f} "
+                         f"{self.calls[hot] / transactions:13.2f}  {sql[:70]}")
+        total = sum(self.seconds.values())
+        lines.append(f"{total / transactions * 1e6:10.1f} {'':10} {sum(self.calls.values()) / transactions:13.2f}  "
+                     "in all (SAVEPOINT, RELEASE and COMMIT not included)")
+        return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=12,
                         help=f"lifecycles per incident slot; {PARALLEL} slots, 9 steps each (default 12)")
     parser.add_argument("--profile", action="store_true", help="also print cProfile's top 40 by own time")
+    parser.add_argument("--statements", action="store_true",
+                        help="also print the wall time of each hot-path SQL statement, per call and per transaction")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="gsem-writer-"))
     try:
@@ -88,22 +133,26 @@ def main(argv: list[str] | None = None) -> int:
         bench.prepare_data_dir(work / "data")
         database, batches = prepare_batches(work / "data", args.rounds)
         profile = cProfile.Profile() if args.profile else None
+        statements = StatementTimes()
         refused = count = 0
-        cpu, wall = time.thread_time(), time.perf_counter()
-        if profile:
-            profile.enable()
-        for calls in batches:
-            for ok, outcome in run_batch(database.engine, calls):
-                count += 1
-                if not ok or outcome.log_fields.get("result") != "Yes":
-                    refused += 1
-        if profile:
-            profile.disable()
-        cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
+        with statements if args.statements else contextlib.nullcontext():
+            cpu, wall = time.thread_time(), time.perf_counter()
+            if profile:
+                profile.enable()
+            for calls in batches:
+                for ok, outcome in run_batch(database.engine, calls):
+                    count += 1
+                    if not ok or outcome.log_fields.get("result") != "Yes":
+                        refused += 1
+            if profile:
+                profile.disable()
+            cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
         database.engine.dispose()
         print(f"{count:,} transactions in {len(batches)} group commits of {PARALLEL}: "
               f"{cpu / count * 1e6:,.0f} µs CPU and {wall / count * 1e6:,.0f} µs wall per transaction"
               + (f"  !! {refused} not accepted" if refused else ""))
+        if args.statements:
+            print(statements.report(count))
         if profile:
             pstats.Stats(profile).sort_stats("tottime").print_stats(40)
         return 1 if refused else 0
