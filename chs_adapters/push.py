@@ -32,16 +32,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
 from OpenSSL import SSL
-from OpenSSL.crypto import X509
 from treq import collect
 from treq.client import HTTPClient
 from twisted.internet import error as net_error
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.ssl import (
     Certificate,
-    PrivateCertificate,
     TLSVersion,
     optionsForClientTLS,
     platformTrust,
@@ -98,8 +96,10 @@ class MutualTLSPolicy:
         self.key = Path(key)
         self.ca = Path(ca) if ca is not None else None
         self._stamp: tuple[Any, ...] | None = None
-        self._client_cert: PrivateCertificate | None = None
-        self._extra_chain: list[X509] = []
+        # The client certificate, its key and the rest of its chain, as cryptography objects:
+        # pyOpenSSL 24.3+ deprecates its own X509 and PKey in the Context calls they reach.
+        self._client_cert: tuple[x509.Certificate, Any] | None = None
+        self._extra_chain: list[x509.Certificate] = []
         self._trust: Any = None
         self._load()
 
@@ -117,9 +117,8 @@ class MutualTLSPolicy:
         if stamp == self._stamp:
             return
         chain = _load_chain(self.cert)
-        key_pem = self.key.read_bytes()
-        self._client_cert = PrivateCertificate.loadPEM(chain[0].public_bytes(Encoding.PEM) + b"\n" + key_pem)
-        self._extra_chain = [X509.from_cryptography(c) for c in chain[1:]]
+        self._client_cert = (chain[0], load_pem_private_key(self.key.read_bytes(), password=None))
+        self._extra_chain = chain[1:]
         if self.ca is None:
             self._trust = platformTrust()
         else:
@@ -130,11 +129,14 @@ class MutualTLSPolicy:
     def creatorForNetloc(self, hostname: bytes, port: int) -> Any:  # noqa: N802 - Twisted's name
         """A client connection creator for *hostname*:*port* (IPolicyForHTTPS)."""
         self._load()
-        extra: dict[str, Any] = {"raiseMinimumTo": TLSVersion.TLSv1_2}
+        assert self._client_cert is not None
+        certificate, key = self._client_cert
+        # What optionsForClientTLS's clientCertificate would pass on, as cryptography objects.
+        extra: dict[str, Any] = {"raiseMinimumTo": TLSVersion.TLSv1_2, "certificate": certificate,
+                                 "privateKey": key}
         if self._extra_chain:
             extra["extraCertChain"] = self._extra_chain
-        return optionsForClientTLS(hostname.decode("ascii"), trustRoot=self._trust,
-                                   clientCertificate=self._client_cert, extraCertificateOptions=extra)
+        return optionsForClientTLS(hostname.decode("ascii"), trustRoot=self._trust, extraCertificateOptions=extra)
 
 
 def parse_retry_after(value: bytes | str | None, now: float) -> float | None:

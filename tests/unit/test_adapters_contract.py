@@ -16,6 +16,7 @@ import io
 import json
 import socket
 import uuid
+import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +24,13 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from cryptography import x509
 from lxml import etree
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
@@ -41,7 +45,7 @@ from chs_adapters.base import (
 )
 from chs_adapters.loader import AdapterConfigError, AdapterContext, load_adapter
 from chs_adapters.memory import InMemoryAdapter, receiver_ack_document
-from chs_adapters.push import PushAdapter, parse_retry_after
+from chs_adapters.push import MutualTLSPolicy, PushAdapter, parse_retry_after
 from chs_adapters.spool import SpoolAdapter
 from gsem import pki
 from gsem.db import deliveries, model, partners
@@ -443,6 +447,42 @@ async def test_push_to_a_server_of_another_ca_is_a_tls_failure(certs: Certs, rec
     assert isinstance(result, TransientFailure)
     assert "TLS" in result.error and "certificate verify failed" in result.error
     assert receiver.resource.receptions == []
+
+
+def _chained_hub_cert(certs: Certs, directory: Path) -> Path:
+    """The hub's certificate followed by its CA's, as a file with a chain."""
+    chained = directory / "hub-chain.pem"
+    chained.write_bytes(certs.hub.hub_cert.read_bytes() + certs.hub.ca_cert.read_bytes())
+    return chained
+
+
+def test_the_client_tls_context_is_built_without_deprecated_pyopenssl_objects(certs: Certs, tmp_path: Path) -> None:
+    """pyOpenSSL 24.3+ deprecates its own X509 and PKey in Context calls: the push client
+    hands it cryptography objects, its certificate chain included."""
+    policy = MutualTLSPolicy(_chained_hub_cert(certs, tmp_path), certs.hub.hub_key, certs.partner_ca)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        # The context is made with the first connection, for a TLS protocol as a push makes one.
+        creator = policy.creatorForNetloc(b"127.0.0.1", 8443)
+        tls = TLSMemoryBIOFactory(creator, True, Factory.forProtocol(Protocol)).buildProtocol(None)
+        connection = creator.clientConnectionForTLS(tls)
+    presented = connection.get_certificate()
+    assert presented is not None
+    assert presented.to_cryptography() == x509.load_pem_x509_certificate(certs.hub.hub_cert.read_bytes())
+
+
+@pytest.mark.integration
+@pytest_twisted.ensureDeferred
+async def test_push_presents_a_certificate_chain(certs: Certs, receiver: HttpsReceiver, tmp_path: Path) -> None:
+    """A hub certificate file with its chain is presented whole, and the push goes through."""
+    adapter = PushAdapter(receiver.url, hub_cert=_chained_hub_cert(certs, tmp_path), hub_key=certs.hub.hub_key,
+                          partner_ca=certs.partner_ca, timeout=10, reactor=reactor)
+    try:
+        result = await adapter.deliver(outbound(51))
+    finally:
+        await adapter.close()
+    assert isinstance(result, Acknowledged)
+    assert len(receiver.resource.receptions) == 1
 
 
 @pytest.mark.integration
