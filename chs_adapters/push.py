@@ -32,6 +32,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
 from OpenSSL import SSL
 from treq import collect
@@ -98,7 +99,7 @@ class MutualTLSPolicy:
         self._stamp: tuple[Any, ...] | None = None
         # The client certificate, its key and the rest of its chain, as cryptography objects:
         # pyOpenSSL 24.3+ deprecates its own X509 and PKey in the Context calls they reach.
-        self._client_cert: tuple[x509.Certificate, Any] | None = None
+        self._client_cert: tuple[x509.Certificate, PrivateKeyTypes] | None = None
         self._extra_chain: list[x509.Certificate] = []
         self._trust: Any = None
         self._load()

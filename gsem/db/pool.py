@@ -243,7 +243,7 @@ class WriterStats:
         """One line for the log: throughput of the lock, and where its time went."""
         up = max(self.last - (self.first or self.last), 1e-9)
         per_commit = self.transactions / self.commits if self.commits else 0.0
-        per_tx = self.held / self.transactions * 1000 if self.transactions else 0.0
+        per_tx = self._per_tx(self.held)
         commit_ms = self.committing / self.commits * 1000 if self.commits else 0.0
         return (f"database writer: {self.transactions:,} transactions in {self.commits:,} "
                 f"commit{'' if self.commits == 1 else 's'} ({per_commit:.1f} per commit) "
