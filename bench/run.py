@@ -358,6 +358,14 @@ def writer_figures(lines: list[str]) -> dict[str, float] | None:
     return figures
 
 
+def writer_text(w: dict[str, Any]) -> str:
+    """What :func:`writer_figures` found, in words: how busy the database was, and with what."""
+    split = (f" ({w['running_ms_per_tx']:.2f} running it, {w['committing_ms_per_tx']:.2f} committing, "
+             f"{w['reaching_ms_per_tx']:.2f} until the reactor began its batch)" if "running_ms_per_tx" in w else "")
+    return (f"the database held {w['lock_busy']:.0%} of the time, {w['held_ms_per_tx']:.2f} ms per transaction"
+            f"{split}, {w['per_commit']:.1f} transactions per commit, a commit {w['commit_ms']:.1f} ms")
+
+
 class Server:
     """A hub or baseline server process, its port and its logs."""
 
@@ -752,12 +760,8 @@ def run_phase(settings: Settings, name: str, kind: str, workers: int | None = No
         f"({result['server_cores_busy']:.2f} cores), peak {result['server_vmhwm_mib']:.0f} MiB, "
         f"load generator {fmt(result['loadgen_cpu_us_per_tx'], 0)} µs CPU/tx")
     if result.get("writer"):
-        w = result["writer"]
-        split = (f" ({w['running_ms_per_tx']:.2f} running it, {w['committing_ms_per_tx']:.2f} committing, "
-                 f"{w['reaching_ms_per_tx']:.2f} until the reactor began its batch)" if "running_ms_per_tx" in w else "")
-        say(f"  writer (warm-up included): the database held {w['lock_busy']:.0%} of the time, "
-            f"{w['held_ms_per_tx']:.2f} ms per transaction{split}, {w['per_commit']:.1f} transactions per commit, "
-            f"a commit {w['commit_ms']:.1f} ms; the SQLite log {result['wal_mib_at_end']:,.1f} MiB at the end")
+        say(f"  writer (warm-up included): {writer_text(result['writer'])}; "
+            f"the SQLite log {result['wal_mib_at_end']:,.1f} MiB at the end")
     if result["errors"]:
         say(f"  !! {result['errors']} transactions were not accepted: {result['error_kinds']}")
     return result
@@ -1176,7 +1180,8 @@ def print_summary(report: dict[str, Any]) -> None:
         say(f"  [{status}] {t['target']}: {t['measured']}")
         if "floor" in t:
             say(f"      the floor servers: {t['floor']}: "
-                + ("met" if t["floor_met"] else "not met either: out of reach for a hub built this way here"))
+                + ("met" if t["floor_met"] else "not met either in this run (out of reach only if the floors "
+                                                 "miss it on the fastest host measured too: docs/decisions.md 29)"))
 
 
 def markdown_block(report: dict[str, Any]) -> str:
@@ -1217,6 +1222,10 @@ def markdown_block(report: dict[str, Any]) -> str:
         lines += ["", f"Load generator: {fmt(lg['loadgen_cpu_us_per_tx'], 0)} µs CPU per transaction "
                       f"against the minimal responder, i.e. about {lg['loadgen_ceiling_tps_per_core']:,} tx/s "
                       "per core it gets."]
+    for name in ("hub", "hub-rate-half"):
+        phase = report["phases"].get(name)
+        if phase and phase.get("writer"):
+            lines += ["", f"The hub's database writer in `{name}` (warm-up included): {writer_text(phase['writer'])}."]
     soak = report["phases"].get("soak")
     if soak and soak.get("drift"):
         a, b = soak["drift"]["first_third"], soak["drift"]["last_third"]
