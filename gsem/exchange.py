@@ -542,9 +542,8 @@ def decide_and_store(conn: Connection, inbound: Inbound, inspection: Inspection,
         new_state = spec.next_state(inspection.root, facts)
         ack.current_state = new_state.value
         if spec.name == _QUERY:
-            stored = [(row.after_children, row.xml)
-                      for row in _HOT_SELECT_ENTRIES.rows(store, {"incident_id": incident.id})]
-            whole = assemble(incident.document, stored)
+            # The rows are (after_children, xml): entries as assemble takes them.
+            whole = assemble(incident.document, _HOT_SELECT_ENTRIES.rows(store, {"incident_id": incident.id}))
             ack.incident = incident_for_query(etree.fromstring(whole, _PARSER), new_state.value)
         else:
             change = texts.change if texts.change is not None else IncidentChange.prepare(inspection.root)

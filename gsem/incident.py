@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,7 +152,7 @@ class IncidentChange:
         return _OPEN + b"".join([text for text, _ in children]) + _CLOSE, entries
 
 
-def assemble(base: bytes, entries: list[Entry]) -> bytes:
+def assemble(base: bytes, entries: Sequence[Entry]) -> bytes:
     """The whole incident: *base* (``incidents.document``) with *entries* (in the order they
     were appended) put back in their places, as lxml writes the merged tree."""
     if not entries:

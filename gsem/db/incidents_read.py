@@ -212,8 +212,8 @@ def get_incident(conn: Connection, incident: int | tuple[str, str]) -> IncidentD
     ).all()
     return IncidentDetail(
         incident=_summary(row),
-        document=assemble(bytes(row.document), [
-            (entry.after_children, bytes(entry.xml)) for entry in conn.execute(ENTRIES_OF, {"incident_id": row.id})]),
+        # ENTRIES_OF's rows are (after_children, xml): entries as assemble takes them.
+        document=assemble(bytes(row.document), conn.execute(ENTRIES_OF, {"incident_id": row.id}).all()),
         history=tuple(e for e in entries if e.accepted),
         rejections=tuple(e for e in entries if not e.accepted),
         deliveries=tuple(
