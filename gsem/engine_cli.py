@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from gsem.config import CONFIG_NAME, Config, load_config, render_config
 from gsem.errors import GsemError
+
+T = TypeVar("T")
 
 __all__ = ["register", "DEMO_PARTNERS", "DEMO_CONTRACT"]
 
@@ -97,6 +100,7 @@ def _serve(args: argparse.Namespace) -> int:
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
     from gsem import workers as multi
+    from gsem.collector import Collector
     from gsem.config import MAX_WORKERS
     from gsem.server import Engine
 
@@ -120,6 +124,7 @@ def _serve(args: argparse.Namespace) -> int:
     else:
         engine = Engine(config, reactor, port=port_number)
     status = {"code": 0}
+    collector = Collector()
 
     async def start() -> None:
         port = await engine.start()
@@ -128,6 +133,7 @@ def _serve(args: argparse.Namespace) -> int:
             # Announce only once every worker accepts: a partner's persistent connection
             # stays with the process that accepted it.
             await supervisor.start()
+        collector.start(settle=_settle_collector())
         workers = f", {count} workers" if count > 1 else ""
         print(f"gsem: serving https://{host.host}:{host.port}/sis/v1/transactions "
               f"(data {config.data_dir}{workers})", file=sys.stderr, flush=True)
@@ -144,7 +150,7 @@ def _serve(args: argparse.Namespace) -> int:
         stopping = [Deferred.fromCoroutine(engine.stop())]
         if supervisor is not None:
             stopping.append(supervisor.stop())
-        return DeferredList(stopping)
+        return DeferredList(stopping).addBoth(_stopped, collector)
 
     def take_stop_signals() -> None:
         # Twisted installed its handlers when the reactor started (it needs its SIGCHLD
@@ -162,6 +168,21 @@ def _serve(args: argparse.Namespace) -> int:
     reactor.addSystemEventTrigger("before", "shutdown", shutdown)
     reactor.run()
     return status["code"]
+
+
+def _settle_collector() -> bool:
+    """Whether to settle the garbage collector (gsem.collector); ``GSEM_GC=default`` keeps CPython's ways."""
+    return os.environ.get("GSEM_GC", "") != "default"
+
+
+def _stopped(result: T, collector: Any) -> T:
+    """After a serving process stopped: log what its garbage collector did, and put it back."""
+    from twisted.logger import Logger
+
+    if collector.running:
+        Logger(namespace="gsem.collector").info("{summary}", summary=collector.summary())
+    collector.stop()
+    return result
 
 
 def _stop_once(reactor: Any) -> Callable[..., None]:
@@ -184,6 +205,7 @@ def _serve_worker(args: argparse.Namespace, config: Config) -> int:
     from twisted.internet.defer import Deferred
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
+    from gsem.collector import Collector
     from gsem.server import Engine
     from gsem.workers import die_with_parent, report_ready
 
@@ -192,6 +214,7 @@ def _serve_worker(args: argparse.Namespace, config: Config) -> int:
     sock = socket.socket(fileno=args.worker_socket)
     engine = Engine(config, reactor, listen_socket=sock, worker=args.worker, deliver=False)
     status = {"code": 0}
+    collector = Collector()
 
     def failed(failure):  # noqa: ANN001, ANN202
         print(f"gsem: worker {args.worker} could not start: {failure.getErrorMessage()}", file=sys.stderr)
@@ -200,10 +223,12 @@ def _serve_worker(args: argparse.Namespace, config: Config) -> int:
 
     async def start() -> None:
         await engine.start()
+        collector.start(settle=_settle_collector())
         report_ready(args.worker_ready)
 
     reactor.callWhenRunning(lambda: Deferred.fromCoroutine(start()).addErrback(failed))
-    reactor.addSystemEventTrigger("before", "shutdown", lambda: Deferred.fromCoroutine(engine.stop()))
+    reactor.addSystemEventTrigger("before", "shutdown",
+                                  lambda: Deferred.fromCoroutine(engine.stop()).addBoth(_stopped, collector))
     # Once: a signal to the whole process group (systemd stopping the unit) and the
     # first process's SIGTERM may both arrive; Twisted's own handlers would stop the
     # stopped reactor again and log ReactorNotRunning tracebacks.

@@ -445,6 +445,8 @@ def test_stop_signal_stops_every_worker_and_exits_0(hub2: RunningHub, how: str) 
     # Worker 2 was stopped by the first process (its own orderly shutdown), not killed
     # with it when it exited: two event loops ended.
     assert stderr.count("Main loop terminated") == 2, stderr
+    # Each process settled its garbage collector once it served, and said so (gsem.collector).
+    assert len(re.findall(r"garbage collector: .*objects of start-up frozen", stderr)) == 2, stderr
     assert "Traceback" not in stderr, stderr
     assert "did not stop" not in stderr and "starting it again" not in stderr, stderr
 

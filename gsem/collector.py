@@ -1,0 +1,111 @@
+"""The cyclic garbage collector of a serving process: settled once it has started, and watched.
+
+Reference counting frees almost every object of a transaction the moment it is answered;
+the cyclic collector finds little else (a few hundred small cycles a minute in a busy
+hub).  With CPython's default thresholds it still ran a young collection every 15 or so
+transactions, and every few seconds a full one over the 100,000 objects of start-up
+(modules, the compiled schemas, SQLAlchemy's tables, Twisted) that kept the process busy
+for 50–70 ms, while every transaction it held waited (docs/benchmarks.md).
+
+So once a server has started, :meth:`Collector.start` collects once, freezes what
+survived (``gc.freeze``: the collector never looks at those objects again) and raises the
+young generation's threshold, so that a young collection runs every few hundred
+transactions and a full one looks at a few thousand objects.  :meth:`Collector.summary`
+says what the collector did, for the line a server logs when it stops.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Collector", "YOUNG_THRESHOLD"]
+
+#: Allocations (less deallocations) of tracked objects between two young collections;
+#: CPython's default is 700.  The middle and old generations keep their defaults.
+YOUNG_THRESHOLD = 20_000
+_NAMES = ("young", "middle", "full")
+
+
+@dataclass
+class _Counts:
+    collections: list[int] = field(default_factory=lambda: [0, 0, 0])  # by generation
+    seconds: float = 0.0
+    longest: float = 0.0
+
+
+class Collector:
+    """Settles and watches this process's garbage collector (``gc`` is process-wide).
+
+    :meth:`start` is for when start-up is over: it settles the collector and begins timing
+    every collection; :meth:`stop` stops timing and puts the collector back as it was.
+    """
+
+    def __init__(self, young_threshold: int = YOUNG_THRESHOLD) -> None:
+        self.young_threshold = young_threshold
+        self.frozen = 0
+        self.counts = _Counts()
+        self._began: float | None = None
+        self._generation = 0
+        self._previous: tuple[int, int, int] | None = None
+        #: The young generation's threshold while it was watched.
+        self.threshold = 0
+
+    def start(self, *, settle: bool = True) -> int:
+        """From now on, time every collection; first, with *settle*, settle the collector.
+
+        Settling collects, freezes what start-up left and raises the young threshold.
+        Returns the objects frozen (0 without *settle*).  The collection that settles is
+        not counted: what the summary says is what serving cost.
+        """
+        if settle:
+            gc.collect()
+            gc.freeze()
+            self.frozen = gc.get_freeze_count()
+            if self._previous is None:
+                self._previous = gc.get_threshold()
+            _, middle, old = self._previous
+            gc.set_threshold(self.young_threshold, middle, old)
+        self.threshold = gc.get_threshold()[0]
+        self.counts = _Counts()
+        if self._callback not in gc.callbacks:
+            gc.callbacks.append(self._callback)
+        return self.frozen
+
+    @property
+    def running(self) -> bool:
+        """Whether :meth:`start` was called and :meth:`stop` not yet."""
+        return self._callback in gc.callbacks
+
+    def stop(self) -> None:
+        """Stop timing; thaw what :meth:`start` froze and restore the threshold it changed."""
+        if self._callback in gc.callbacks:
+            gc.callbacks.remove(self._callback)
+        if self._previous is not None:
+            gc.unfreeze()
+            gc.set_threshold(*self._previous)
+            self._previous = None
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+            self._generation = info["generation"]
+        elif self._began is not None:
+            took = time.perf_counter() - self._began
+            self._began = None
+            counts = self.counts
+            counts.collections[self._generation] += 1
+            counts.seconds += took
+            counts.longest = max(counts.longest, took)
+
+    def summary(self) -> str:
+        """One line for the log: how often the collector ran, for how long, the longest once."""
+        counts = self.counts
+        total = sum(counts.collections)
+        split = ", ".join(f"{n:,} {name}" for n, name in zip(counts.collections, _NAMES, strict=True))
+        frozen = f"{self.frozen:,} objects of start-up frozen" if self.frozen else "nothing frozen"
+        return (f"garbage collector: {total:,} collection{'' if total == 1 else 's'} ({split}) took "
+                f"{counts.seconds:.3f} s in all, the longest {counts.longest * 1000:.1f} ms; {frozen}, "
+                f"young threshold {self.threshold:,}")
