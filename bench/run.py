@@ -366,6 +366,34 @@ def writer_text(w: dict[str, Any]) -> str:
             f"{split}, {w['per_commit']:.1f} transactions per commit, a commit {w['commit_ms']:.1f} ms")
 
 
+#: The line each hub process logs about its garbage collector when it stops (gsem.collector).
+COLLECTOR_SUMMARY = re.compile(
+    r"garbage collector: [\d,]+ collections? \(([\d,]+) young, ([\d,]+) middle, ([\d,]+) full\) took ([\d.]+) s "
+    r"in all, the longest ([\d.]+) ms; (?:([\d,]+) objects of start-up frozen|nothing frozen)")
+
+
+def collector_figures(lines: list[str]) -> dict[str, Any] | None:
+    """The hub's garbage collector summaries, summed over its processes (the longest: the longest of any)."""
+    found = [m.groups() for m in map(COLLECTOR_SUMMARY.search, lines) if m]
+    if not found:
+        return None
+
+    def total(index: int) -> int:
+        return sum(int(f[index].replace(",", "")) for f in found)
+
+    return {"young": total(0), "middle": total(1), "full": total(2),
+            "seconds": round(sum(float(f[3]) for f in found), 3),
+            "longest_ms": max(float(f[4]) for f in found),
+            "settled": all(f[5] is not None for f in found)}
+
+
+def collector_text(c: dict[str, Any]) -> str:
+    """What :func:`collector_figures` found, in words."""
+    how = "settled" if c["settled"] else "CPython's defaults (GSEM_GC=default)"
+    return (f"garbage collector ({how}): {c['young']:,} young, {c['middle']:,} middle and {c['full']:,} full "
+            f"collections, {c['seconds']:.3f} s in all, the longest {c['longest_ms']:.1f} ms")
+
+
 class Server:
     """A hub or baseline server process, its port and its logs."""
 
@@ -385,6 +413,7 @@ class Server:
         self.acks_yes = 0
         self.stderr_tail: list[str] = []
         self.writer_lines: list[str] = []
+        self.collector_lines: list[str] = []
         self.log_counts = {"warn": 0, "error": 0}
         self.stderr_log = open(log_dir / f"{kind}-stderr.log", "w", encoding="utf-8")  # noqa: SIM115
         self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -411,6 +440,8 @@ class Server:
             self.stderr_tail = (self.stderr_tail + [line])[-50:]
             if "database writer: " in line:
                 self.writer_lines.append(line)
+            if "garbage collector: " in line:
+                self.collector_lines.append(line)
             if "#warn]" in line:
                 self.log_counts["warn"] += 1
             if "#error]" in line or "#critical]" in line or "Traceback" in line:
@@ -748,6 +779,7 @@ def run_phase(settings: Settings, name: str, kind: str, workers: int | None = No
     if kind in WORKER_KINDS:
         result["writer"] = writer_figures(server.writer_lines)  # None without gsem's writer (floor-writer)
     if kind == "hub":
+        result["collector"] = collector_figures(server.collector_lines)
         result["hub_acks_logged"] = counts["acks_logged"]
         result["hub_acks_yes_logged"] = counts["acks_yes_logged"]
         if counts["acks_yes_logged"] != result["ok"]:
@@ -762,6 +794,8 @@ def run_phase(settings: Settings, name: str, kind: str, workers: int | None = No
     if result.get("writer"):
         say(f"  writer (warm-up included): {writer_text(result['writer'])}; "
             f"the SQLite log {result['wal_mib_at_end']:,.1f} MiB at the end")
+    if result.get("collector"):
+        say(f"  {collector_text(result['collector'])} (warm-up included)")
     if result["errors"]:
         say(f"  !! {result['errors']} transactions were not accepted: {result['error_kinds']}")
     return result
@@ -1227,6 +1261,8 @@ def markdown_block(report: dict[str, Any]) -> str:
         if phase and phase.get("writer"):
             lines += ["", f"The hub's database writer in `{name}` (warm-up included): {writer_text(phase['writer'])}."]
     soak = report["phases"].get("soak")
+    if soak and soak.get("collector"):
+        lines += ["", f"Over the soak, the hub's {collector_text(soak['collector'])}."]
     if soak and soak.get("drift"):
         a, b = soak["drift"]["first_third"], soak["drift"]["last_third"]
         mem = soak["memory"]
@@ -1314,6 +1350,8 @@ def main(argv: list[str] | None = None) -> int:
         phases.append("soak")
 
     started = datetime.now(UTC)
+    if args.work_dir is not None:
+        args.work_dir.mkdir(parents=True, exist_ok=True)  # a new directory given is made, not a traceback
     work = Path(tempfile.mkdtemp(prefix="gsem-bench-", dir=args.work_dir))
     command = "bench/run.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     say(f"gsem benchmark: work directory {work}")

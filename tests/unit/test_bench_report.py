@@ -118,3 +118,28 @@ def test_the_results_block_says_what_held_the_hubs_database(bench: ModuleType) -
     assert ("The hub's database writer in `hub` (warm-up included): the database held 96% of the time, "
             "0.89 ms per transaction (0.55 running it, 0.30 committing, 0.06 until the reactor began its batch), "
             "19.8 transactions per commit, a commit 5.9 ms.") in block
+
+
+def test_collector_summaries_of_the_hub_processes_add_up(bench: ModuleType) -> None:
+    """What gsem.collector logs, read back: counts and seconds summed, the longest of any."""
+    from gsem.collector import Collector
+
+    settled, watched = Collector(), Collector()
+    settled.frozen, settled.threshold = 98_556, 20_000
+    settled.counts.collections, settled.counts.seconds, settled.counts.longest = [3, 1, 0], 0.004, 0.0021
+    watched.threshold = 700
+    watched.counts.collections, watched.counts.seconds, watched.counts.longest = [410, 37, 3], 0.3, 0.0626
+    figures = bench.collector_figures([f"2026-11-23T07:52:58+0000 [gsem.collector#info] {settled.summary()}\n",
+                                       "unrelated line\n", watched.summary()])
+    assert figures == {"young": 413, "middle": 38, "full": 3, "seconds": 0.304, "longest_ms": 62.6,
+                       "settled": False}
+    assert bench.collector_figures([settled.summary()])["settled"] is True
+    assert bench.collector_figures(["database writer: 1 transaction"]) is None
+
+
+def test_the_results_block_says_what_the_collector_did_over_the_soak(bench: ModuleType) -> None:
+    report = json.loads((Path(bench.__file__).parent / "results" / "latest.json").read_text("utf-8"))
+    report["phases"].setdefault("soak", {})["collector"] = {
+        "young": 52, "middle": 5, "full": 0, "seconds": 0.061, "longest_ms": 2.4, "settled": True}
+    assert ("Over the soak, the hub's garbage collector (settled): 52 young, 5 middle and 0 full collections, "
+            "0.061 s in all, the longest 2.4 ms.") in bench.markdown_block(report)
