@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gsem.collector import Collector
 from gsem.config import CONFIG_NAME, Config, load_config, render_config
 from gsem.errors import GsemError
 
@@ -100,7 +101,6 @@ def _serve(args: argparse.Namespace) -> int:
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
     from gsem import workers as multi
-    from gsem.collector import Collector
     from gsem.config import MAX_WORKERS
     from gsem.server import Engine
 
@@ -175,7 +175,7 @@ def _settle_collector() -> bool:
     return os.environ.get("GSEM_GC", "") != "default"
 
 
-def _stopped(result: T, collector: Any) -> T:
+def _stopped(result: T, collector: Collector) -> T:
     """After a serving process stopped: log what its garbage collector did, and put it back."""
     from twisted.logger import Logger
 
@@ -205,7 +205,6 @@ def _serve_worker(args: argparse.Namespace, config: Config) -> int:
     from twisted.internet.defer import Deferred
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
-    from gsem.collector import Collector
     from gsem.server import Engine
     from gsem.workers import die_with_parent, report_ready
 
