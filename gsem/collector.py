@@ -1,7 +1,7 @@
 """The cyclic garbage collector of a serving process: settled once it has started, and watched.
 
 Reference counting frees almost every object of a transaction the moment it is answered;
-the cyclic collector finds little else (a few hundred small cycles a minute in a busy
+the cyclic collector finds little else (about 50 small cycles a second in a busy
 hub).  With CPython's default thresholds it still ran a young collection every 15 or so
 transactions, and every few seconds a full one over the 100,000 objects of start-up
 (modules, the compiled schemas, SQLAlchemy's tables, Twisted) that kept the process busy
@@ -9,7 +9,7 @@ for 50–70 ms, while every transaction it held waited (docs/benchmarks.md).
 
 So once a server has started, :meth:`Collector.start` collects once, freezes what
 survived (``gc.freeze``: the collector never looks at those objects again) and raises the
-young generation's threshold, so that a young collection runs every few hundred
+young generation's threshold, so that a young collection runs every hundred or so
 transactions and a full one looks at a few thousand objects.  Not higher: a partner that
 opens a TLS connection per transaction leaves about 50 objects of cyclic garbage each
 time (Twisted's Failures of the closed connection and their frames), and a young
