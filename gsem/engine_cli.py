@@ -105,8 +105,9 @@ def _serve(args: argparse.Namespace) -> int:
     from gsem.server import Engine
 
     config = load_config(args.data_dir)
+    settle = _settle_collector()
     if args.worker_socket is not None:
-        return _serve_worker(args, config)
+        return _serve_worker(args, config, settle)
     count = config.workers if args.workers is None else args.workers
     if not 1 <= count <= MAX_WORKERS:
         raise GsemError(f"--workers must be 1-{MAX_WORKERS}, not {count}")
@@ -133,7 +134,7 @@ def _serve(args: argparse.Namespace) -> int:
             # Announce only once every worker accepts: a partner's persistent connection
             # stays with the process that accepted it.
             await supervisor.start()
-        collector.start(settle=_settle_collector())
+        collector.start(settle=settle)
         workers = f", {count} workers" if count > 1 else ""
         print(f"gsem: serving https://{host.host}:{host.port}/sis/v1/transactions "
               f"(data {config.data_dir}{workers})", file=sys.stderr, flush=True)
@@ -170,9 +171,17 @@ def _serve(args: argparse.Namespace) -> int:
     return status["code"]
 
 
+#: The values of ``GSEM_GC``: whether a serving process settles its garbage collector.
+_GC_MODES = {"": True, "settled": True, "default": False}
+
+
 def _settle_collector() -> bool:
     """Whether to settle the garbage collector (gsem.collector); ``GSEM_GC=default`` keeps CPython's ways."""
-    return os.environ.get("GSEM_GC", "") != "default"
+    value = os.environ.get("GSEM_GC", "")
+    if value not in _GC_MODES:
+        raise GsemError(f"GSEM_GC must be 'settled' (the default) or 'default' (CPython's own collector "
+                        f"settings), not {value!r}")
+    return _GC_MODES[value]
 
 
 def _stopped(result: T, collector: Collector) -> T:
@@ -197,7 +206,7 @@ def _stop_once(reactor: Any) -> Callable[..., None]:
     return stop
 
 
-def _serve_worker(args: argparse.Namespace, config: Config) -> int:
+def _serve_worker(args: argparse.Namespace, config: Config, settle: bool) -> int:
     """Worker 2…N of ``gsem serve --workers N``: serve the inherited socket (gsem.workers)."""
     import socket
 
@@ -222,7 +231,7 @@ def _serve_worker(args: argparse.Namespace, config: Config) -> int:
 
     async def start() -> None:
         await engine.start()
-        collector.start(settle=_settle_collector())
+        collector.start(settle=settle)
         report_ready(args.worker_ready)
 
     reactor.callWhenRunning(lambda: Deferred.fromCoroutine(start()).addErrback(failed))

@@ -51,3 +51,12 @@ def test_serve_settles_the_collector_and_logs_it_on_stop(tmp_path: Path, monkeyp
     finally:
         hub.stop()
     hub.assert_no_traceback()
+
+
+def test_an_unknown_gsem_gc_value_is_refused_before_serving(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    hub = RunningHub.create(tmp_path / "hub", start=False)
+    monkeypatch.setenv("GSEM_GC", "off")
+    done = hub.gsem_result("serve", "--port", "0", timeout=30)
+    assert done.returncode == 2
+    assert done.stderr.decode() == ("gsem: GSEM_GC must be 'settled' (the default) or 'default' (CPython's own "
+                                    "collector settings), not 'off'\n")
