@@ -21,16 +21,35 @@ it stops.
 from __future__ import annotations
 
 import gc
+import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Collector", "YOUNG_THRESHOLD"]
+from twisted.logger import Logger
+
+from gsem.errors import GsemError
+
+__all__ = ["Collector", "YOUNG_THRESHOLD", "settle_wanted"]
+
+log = Logger()
 
 #: Allocations (less deallocations) of tracked objects between two young collections;
 #: CPython's default is 700.  The middle and old generations keep their defaults.
 YOUNG_THRESHOLD = 2_000
 _NAMES = ("young", "middle", "full")
+#: The values of ``GSEM_GC``: whether a serving process settles its collector.
+_MODES = {"": True, "settled": True, "default": False}
+
+
+def settle_wanted(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether to settle the collector: ``GSEM_GC=default`` keeps CPython's ways; other values are refused."""
+    value = environ.get("GSEM_GC", "")
+    if value not in _MODES:
+        raise GsemError(f"GSEM_GC must be 'settled' (the default) or 'default' (CPython's own collector "
+                        f"settings), not {value!r}")
+    return _MODES[value]
 
 
 @dataclass
@@ -44,7 +63,8 @@ class Collector:
     """Settles and watches this process's garbage collector (``gc`` is process-wide).
 
     :meth:`start` is for when start-up is over: it settles the collector and begins timing
-    every collection; :meth:`stop` stops timing and puts the collector back as it was.
+    every collection; :meth:`stop` logs what the collector did (as the database writer
+    logs its summary when it stops) and puts it back as it was.
     """
 
     def __init__(self, young_threshold: int = YOUNG_THRESHOLD) -> None:
@@ -84,8 +104,9 @@ class Collector:
         return self._callback in gc.callbacks
 
     def stop(self) -> None:
-        """Stop timing; thaw what :meth:`start` froze and restore the threshold it changed."""
+        """Log the summary, stop timing, thaw what :meth:`start` froze and restore the threshold."""
         if self._callback in gc.callbacks:
+            log.info("{summary}", summary=self.summary())
             gc.callbacks.remove(self._callback)
         if self._previous is not None:
             gc.unfreeze()

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from gsem.collector import Collector
+from gsem.collector import Collector, settle_wanted
 from gsem.config import CONFIG_NAME, Config, load_config, render_config
 from gsem.errors import GsemError
-
-T = TypeVar("T")
 
 __all__ = ["register", "DEMO_PARTNERS", "DEMO_CONTRACT"]
 
@@ -105,7 +102,7 @@ def _serve(args: argparse.Namespace) -> int:
     from gsem.server import Engine
 
     config = load_config(args.data_dir)
-    settle = _settle_collector()
+    settle = settle_wanted()
     if args.worker_socket is not None:
         return _serve_worker(args, config, settle)
     count = config.workers if args.workers is None else args.workers
@@ -147,11 +144,14 @@ def _serve(args: argparse.Namespace) -> int:
         status["code"] = 2
         reactor.stop()
 
-    def shutdown() -> Deferred:
+    async def stop_all() -> None:
         stopping = [Deferred.fromCoroutine(engine.stop())]
         if supervisor is not None:
             stopping.append(supervisor.stop())
-        return DeferredList(stopping).addBoth(_stopped, collector)
+        try:
+            await DeferredList(stopping)
+        finally:
+            collector.stop()  # logs what the garbage collector did
 
     def take_stop_signals() -> None:
         # Twisted installed its handlers when the reactor started (it needs its SIGCHLD
@@ -166,32 +166,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     reactor.callWhenRunning(take_stop_signals)
     reactor.callWhenRunning(lambda: Deferred.fromCoroutine(start()).addErrback(failed))
-    reactor.addSystemEventTrigger("before", "shutdown", shutdown)
+    reactor.addSystemEventTrigger("before", "shutdown", lambda: Deferred.fromCoroutine(stop_all()))
     reactor.run()
     return status["code"]
-
-
-#: The values of ``GSEM_GC``: whether a serving process settles its garbage collector.
-_GC_MODES = {"": True, "settled": True, "default": False}
-
-
-def _settle_collector() -> bool:
-    """Whether to settle the garbage collector (gsem.collector); ``GSEM_GC=default`` keeps CPython's ways."""
-    value = os.environ.get("GSEM_GC", "")
-    if value not in _GC_MODES:
-        raise GsemError(f"GSEM_GC must be 'settled' (the default) or 'default' (CPython's own collector "
-                        f"settings), not {value!r}")
-    return _GC_MODES[value]
-
-
-def _stopped(result: T, collector: Collector) -> T:
-    """After a serving process stopped: log what its garbage collector did, and put it back."""
-    from twisted.logger import Logger
-
-    if collector.running:
-        Logger(namespace="gsem.collector").info("{summary}", summary=collector.summary())
-    collector.stop()
-    return result
 
 
 def _stop_once(reactor: Any) -> Callable[..., None]:
@@ -234,9 +211,14 @@ def _serve_worker(args: argparse.Namespace, config: Config, settle: bool) -> int
         collector.start(settle=settle)
         report_ready(args.worker_ready)
 
+    async def stop() -> None:
+        try:
+            await engine.stop()
+        finally:
+            collector.stop()  # logs what the garbage collector did
+
     reactor.callWhenRunning(lambda: Deferred.fromCoroutine(start()).addErrback(failed))
-    reactor.addSystemEventTrigger("before", "shutdown",
-                                  lambda: Deferred.fromCoroutine(engine.stop()).addBoth(_stopped, collector))
+    reactor.addSystemEventTrigger("before", "shutdown", lambda: Deferred.fromCoroutine(stop()))
     # Once: a signal to the whole process group (systemd stopping the unit) and the
     # first process's SIGTERM may both arrive; Twisted's own handlers would stop the
     # stopped reactor again and log ReactorNotRunning tracebacks.
