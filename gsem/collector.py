@@ -67,8 +67,7 @@ class Collector:
     logs its summary when it stops) and puts it back as it was.
     """
 
-    def __init__(self, young_threshold: int = YOUNG_THRESHOLD) -> None:
-        self.young_threshold = young_threshold
+    def __init__(self) -> None:
         self.frozen = 0
         self.counts = _Counts()
         self._began: float | None = None
@@ -91,7 +90,7 @@ class Collector:
             if self._previous is None:
                 self._previous = gc.get_threshold()
             _, middle, old = self._previous
-            gc.set_threshold(self.young_threshold, middle, old)
+            gc.set_threshold(YOUNG_THRESHOLD, middle, old)
         self.threshold = gc.get_threshold()[0]
         self.counts = _Counts()
         if self._callback not in gc.callbacks:
