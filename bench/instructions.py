@@ -191,7 +191,9 @@ _ANNOTATED = re.compile(r"^\s*([\d,]+) \(\s*[\d.]+%\)\s+(.*?)(?: \[(.*)\])?\s*$"
 
 def by_function(profile: Path) -> dict[tuple[str, str], int]:
     """``callgrind_annotate``'s own instructions of every function in *profile*: (function, object)."""
-    done = subprocess.run(["callgrind_annotate", "--inclusive=no", "--threshold=100", str(profile)],
+    # --auto=no: no source files annotated after the functions (their lines look alike,
+    # and for a module compiled from C next to its sources they would be read as functions).
+    done = subprocess.run(["callgrind_annotate", "--inclusive=no", "--threshold=100", "--auto=no", str(profile)],
                           capture_output=True, text=True, check=True)
     found: dict[tuple[str, str], int] = {}
     for line in done.stdout.splitlines():
@@ -229,8 +231,12 @@ def measure(work: str, first: int, second: int, template: Path, keep: Path) -> d
     for (_, path), value in functions.items():
         libraries[library_of(path)] += value
     top = sorted(functions.items(), key=lambda kv: -kv[1])[:15]
+    per_transaction = (counts[1] - counts[0]) / transactions
+    if abs(sum(functions.values()) - per_transaction) > 0.01 * per_transaction:
+        say(f"  warning: the functions of {work} add up to {sum(functions.values()):,.0f} instructions per "
+            f"transaction, not {per_transaction:,.0f}: the breakdown is not to be trusted")
     return {
-        "per_transaction": round((counts[1] - counts[0]) / transactions),
+        "per_transaction": round(per_transaction),
         "transactions": transactions,
         "counts": counts,
         "by_library": {name: round(value) for name, value in libraries.most_common()},

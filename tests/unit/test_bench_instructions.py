@@ -72,6 +72,9 @@ def test_a_real_profile_is_read_by_function_and_library(instructions: ModuleType
     functions = instructions.by_function(out)
     total = sum(functions.values())
     assert total > 10_000_000
+    # Every function is read once: together they are the program's total.
+    totals = [int(line.split()[1]) for line in out.read_text().splitlines() if line.startswith(("summary:", "totals:"))]
+    assert totals and abs(total - totals[0]) < 0.01 * totals[0]
     libraries: dict[str, int] = {}
     for (_, where), count in functions.items():
         name = instructions.library_of(where)
