@@ -19,7 +19,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from lxml import etree
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from twisted.logger import Logger
@@ -34,9 +33,8 @@ from gsem.incident import (
     Entry,
     ForwardTemplate,
     IncidentChange,
-    assemble,
     forwarded_document,
-    incident_for_query,
+    stored_incident_for_query,
 )
 from gsem.validation import DocumentValidator, Inspection, check_state
 from transactions import registry
@@ -44,7 +42,6 @@ from transactions import registry
 __all__ = ["Inbound", "Outcome", "Prepared", "Exchange", "decide_and_store", "prepare_inbound", "contract_id_of"]
 
 log = Logger()
-_PARSER = etree.XMLParser(resolve_entities=False, no_network=True)
 #: The one transaction that reads its incident: it changes nothing and forwards nothing.
 _QUERY = "Query_Incident"
 #: How often a transaction is retried after losing a race on a unique key.
@@ -543,8 +540,8 @@ def decide_and_store(conn: Connection, inbound: Inbound, inspection: Inspection,
         ack.current_state = new_state.value
         if spec.name == _QUERY:
             # The rows are (after_children, xml): entries as assemble takes them.
-            whole = assemble(incident.document, _HOT_SELECT_ENTRIES.rows(store, {"incident_id": incident.id}))
-            ack.incident = incident_for_query(etree.fromstring(whole, _PARSER), new_state.value)
+            ack.incident = stored_incident_for_query(
+                incident.document, _HOT_SELECT_ENTRIES.rows(store, {"incident_id": incident.id}), new_state.value)
         else:
             change = texts.change if texts.change is not None else IncidentChange.prepare(inspection.root)
             document_bytes, entries = change.apply(None if incident is None else incident.document)

@@ -23,7 +23,8 @@ from lxml import etree
 from gsem.xmlsafe import escape_text
 
 __all__ = ["APPENDED", "apply_transaction", "merge_into", "stored_parts", "merge_stored_parts", "IncidentChange",
-           "Entry", "assemble", "split", "incident_for_query", "forwarded_document", "ForwardTemplate"]
+           "Entry", "assemble", "split", "incident_for_query", "stored_incident_for_query", "forwarded_document",
+           "ForwardTemplate"]
 
 #: Entries appended to the incident's history rather than replaced.
 APPENDED = frozenset({"ACTIVITY", "SOLUTION", "ATTACHMENT"})
@@ -200,6 +201,8 @@ def split(document: bytes) -> tuple[bytes, list[Entry]]:
 
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True)
 _APPENDED_BYTES = frozenset(tag.encode("ascii") for tag in APPENDED)
+#: How lxml starts writing an ACTIVITY element (an entry's tag has no namespace).
+_ACTIVITY_STARTS = (b"<ACTIVITY>", b"<ACTIVITY ", b"<ACTIVITY/")
 _OPEN = b"<SERVICE_INCIDENT>"
 _CLOSE = b"</SERVICE_INCIDENT>"
 _EMPTY = b"<SERVICE_INCIDENT/>"
@@ -260,11 +263,25 @@ def _set(element: etree._Element, tag: str, value: str | None, *, first: bool = 
 
 def incident_for_query(incident: etree._Element, state: str) -> etree._Element:
     """The incident as a Query_Incident acknowledgement embeds it: no ACTIVITY history."""
-    result = copy.deepcopy(incident)
-    for activity in result.findall("ACTIVITY"):
-        result.remove(activity)
-    _set(result, "CurrentState", state, first=True)
-    return result
+    return _without_activities(copy.deepcopy(incident), state)
+
+
+def stored_incident_for_query(base: bytes, entries: Sequence[Entry], state: str) -> etree._Element:
+    """:func:`incident_for_query` of the stored incident *base* with its *entries*
+    (:func:`assemble`), without putting back, parsing and copying the ACTIVITY entries it
+    drops.  The history is most of a long-lived incident; answering a query used to parse
+    all of it, copy the tree and remove the activities again."""
+    kept = [(place, xml) for place, xml in entries if not xml.startswith(_ACTIVITY_STARTS)]
+    # Each entry's place counts the base's children only, so the others keep theirs.
+    return _without_activities(etree.fromstring(assemble(base, kept), _PARSER), state)
+
+
+def _without_activities(incident: etree._Element, state: str) -> etree._Element:
+    # An incident stored before its entries had rows of their own may still hold some.
+    for activity in incident.findall("ACTIVITY"):
+        incident.remove(activity)
+    _set(incident, "CurrentState", state, first=True)
+    return incident
 
 
 def forwarded_document(document: bytes, *, state: str, provider_ref: str | None) -> bytes:

@@ -24,9 +24,11 @@ from gsem.incident import (
     apply_transaction,
     assemble,
     forwarded_document,
+    incident_for_query,
     merge_into,
     merge_stored_parts,
     split,
+    stored_incident_for_query,
     stored_parts,
 )
 from gsem.validation import DocumentValidator
@@ -301,6 +303,15 @@ def _each_odd_stored(test: Callable[..., None]) -> Callable[..., None]:
     return test
 
 
+def _each_odd_stored_state(test: Callable[..., None]) -> Callable[..., None]:
+    # Every odd shape at least once, under a history that appends activities and more.
+    for stored in ODD_STORED:
+        test = example(history=[b"<SERVICE_INCIDENT><ACTIVITY><N>1</N></ACTIVITY><Comment>y</Comment>"
+                                b"<SOLUTION><T>s</T></SOLUTION><ACTIVITY/></SERVICE_INCIDENT>"],
+                       odd=stored, state="Entitled")(test)
+    return test
+
+
 @given(history=st.lists(DOCUMENTS, min_size=1, max_size=4), odd=st.one_of(st.none(), st.sampled_from(ODD_STORED)))
 @_each_odd_stored
 def test_a_prepared_change_writes_what_the_merged_tree_writes(history: list[bytes], odd: bytes | None) -> None:
@@ -352,3 +363,30 @@ def test_the_lifecycle_is_merged_without_parsing_the_stored_incident(monkeypatch
     monkeypatch.undo()
     assert stored is not None and b"<ACTIVITY>" not in stored, "the entries are kept apart"
     assert assemble(stored, entries) == etree.tostring(expected, encoding="UTF-8")
+
+
+#: Entries in the shapes lxml may write an appended element, ACTIVITY among them or not.
+ENTRY_CHILDREN = [
+    "<ACTIVITY><ActionLog>a</ActionLog></ACTIVITY>", '<ACTIVITY n="1"><ActionLog>b</ActionLog></ACTIVITY>',
+    "<ACTIVITY/>", "<SOLUTION><Text>s</Text></SOLUTION>", "<ATTACHMENT><N>1</N></ATTACHMENT>",
+    '<ACTIVITY xmlns:y="urn:y"><y:Log>c</y:Log></ACTIVITY>', "<Comment>c</Comment>", "<Nest><Nest>i</Nest></Nest>",
+]
+HISTORIES = st.lists(st.lists(st.sampled_from(ENTRY_CHILDREN + CHILDREN), max_size=6).map(
+    lambda children: ("<SERVICE_INCIDENT>" + "".join(children) + "</SERVICE_INCIDENT>").encode()),
+    min_size=1, max_size=5)
+
+
+@given(history=HISTORIES, odd=st.one_of(st.none(), st.sampled_from(ODD_STORED)), state=st.sampled_from(STATES))
+@_each_odd_stored_state
+def test_a_query_answers_the_stored_incident_as_the_whole_incident_parsed(
+        history: list[bytes], odd: bytes | None, state: str) -> None:
+    """Leaving the ACTIVITY entries out before the parse answers what removing them after it did."""
+    base, entries = odd, []
+    for document in history:
+        base, appended = IncidentChange.prepare(_parse(document)).apply(base)
+        entries += appended
+    assert base is not None
+    expected = incident_for_query(_parse(assemble(base, entries)), state)
+    answer = stored_incident_for_query(base, entries, state)
+    assert etree.tostring(answer, pretty_print=True) == etree.tostring(expected, pretty_print=True)
+    assert answer.find("ACTIVITY") is None
