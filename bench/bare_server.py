@@ -258,6 +258,26 @@ def _floor_store(raw: Any, template: bytes, partner: str, ref: str, state: str, 
     return ack
 
 
+def floor_commit(db: Any, template: bytes, batch: list[Any]) -> list[bytes | None]:
+    """The writer process's group commit: each of *batch* (``_floor_store``'s arguments
+    after the template) in a SAVEPOINT of one transaction on the sqlite3 connection *db*
+    (``isolation_level=None``); its acknowledgement, or None when its statements failed."""
+    import sqlite3
+
+    db.execute("BEGIN IMMEDIATE")
+    acks: list[bytes | None] = []
+    for args in batch:
+        db.execute("SAVEPOINT call")
+        try:
+            acks.append(_floor_store(db, template, *args))
+        except sqlite3.Error:
+            db.execute("ROLLBACK TO call")
+            acks.append(None)
+        db.execute("RELEASE call")
+    db.execute("COMMIT")
+    return acks
+
+
 _FRAME = struct.Struct("!I")
 
 
@@ -317,23 +337,11 @@ def _floor_writer(db_path: Path, socks: list[socket.socket]) -> int:
             batch.extend((sock, message) for message in _take_frames(buf))
         if not batch:
             continue
-        db.execute("BEGIN IMMEDIATE")
-        answers = []
-        for sock, (request_id, *args) in batch:
-            db.execute("SAVEPOINT call")
-            try:
-                ack = _floor_store(db, template, *args)
-                db.execute("RELEASE call")
-            except sqlite3.Error:
-                db.execute("ROLLBACK TO call")
-                db.execute("RELEASE call")
-                ack = None
-            answers.append((sock, request_id, ack))
-        db.execute("COMMIT")
+        acks = floor_commit(db, template, [args for _, (_, *args) in batch])
         counts[0] += len(batch)
         counts[1] += 1
         replies: dict[socket.socket, list[bytes]] = {}
-        for sock, request_id, ack in answers:
+        for (sock, (request_id, *_)), ack in zip(batch, acks, strict=True):
             replies.setdefault(sock, []).append(_frame((request_id, ack)))
         for sock, frames in replies.items():
             sock.setblocking(True)

@@ -41,7 +41,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -86,10 +85,11 @@ def documents(lifecycles: int) -> list[list[tuple[str, bytes]]]:
 
 def run_hub(data_dir: Path, batches: list[list[tuple[str, bytes]]]) -> int:
     """The hub's work for *batches*; how many transactions were not accepted."""
+    from writer_speed import writer_call
+
     from gsem.config import load_config
     from gsem.db.connector import Database
     from gsem.db.pool import run_batch
-    from gsem.exchange import Inbound, decide_and_store, prepare_inbound
     from gsem.pki import fingerprint_sha256
     from gsem.validation import DocumentValidator
     from gsem.xmlsafe import ParseLimits
@@ -101,15 +101,10 @@ def run_hub(data_dir: Path, batches: list[list[tuple[str, bytes]]]) -> int:
     fingerprints = {p: fingerprint_sha256((certs / f"{p}-cert.pem").read_bytes()) for p in ("REQ01", "PRV01")}
     database = Database(config.database_url)
     refused = 0
-
-    def call(partner: str, body: bytes) -> Any:
-        inbound = Inbound(partner_id=partner, fingerprint=fingerprints[partner], body=body,
-                          received_at=datetime.now(UTC).replace(tzinfo=None))
-        inspection, forward, prepared = prepare_inbound(validator, inbound)
-        return (lambda conn: decide_and_store(conn, inbound, inspection, validator, {}, forward, prepared), (), {})
-
     for batch in batches:
-        for ok, outcome in run_batch(database.engine, [call(partner, body) for partner, body in batch]):
+        # writer_call runs prepare_inbound as it makes the call: here, inside the count.
+        calls = [writer_call(validator, partner, fingerprints[partner], body) for partner, body in batch]
+        for ok, outcome in run_batch(database.engine, calls):
             if not ok or outcome.log_fields.get("result") != "Yes":
                 refused += 1
     database.engine.dispose()
@@ -121,7 +116,7 @@ def run_floor(data_dir: Path, batches: list[list[tuple[str, bytes]]]) -> int:
     import itertools
     import sqlite3
 
-    from bare_server import _FLOOR_SCHEMA, _floor_store, fixed_ack
+    from bare_server import _FLOOR_SCHEMA, fixed_ack, floor_commit
     from lxml import etree
 
     from gsem.schema import incident_schema
@@ -135,19 +130,13 @@ def run_floor(data_dir: Path, batches: list[list[tuple[str, bytes]]]) -> int:
     ack_ids = (f"01FLOORI{n:018d}".encode() for n in itertools.count())
     refused = 0
     for batch in batches:
-        db.execute("BEGIN IMMEDIATE")
+        stores = []
         for partner, body in batch:
+            # What a floor worker does before handing the transaction to its writer.
             root = etree.fromstring(body, parser)
-            ref = root.findtext("RequesterID") or ""
-            state = root.findtext("TransactionName") or ""
-            db.execute("SAVEPOINT call")
-            try:
-                _floor_store(db, template, partner, ref, state, body, hashlib.sha256(body).hexdigest(), next(ack_ids))
-            except sqlite3.Error:
-                db.execute("ROLLBACK TO call")
-                refused += 1
-            db.execute("RELEASE call")
-        db.execute("COMMIT")
+            stores.append((partner, root.findtext("RequesterID") or "", root.findtext("TransactionName") or "",
+                           body, hashlib.sha256(body).hexdigest(), next(ack_ids)))
+        refused += floor_commit(db, template, stores).count(None)
     db.close()
     return refused
 

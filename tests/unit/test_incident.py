@@ -295,25 +295,18 @@ def _merged_tree(stored: bytes | None, document: bytes) -> bytes:
     return etree.tostring(merge_stored_parts(incident, stored_parts(_parse(document))), encoding="UTF-8")
 
 
-def _each_odd_stored(test: Callable[..., None]) -> Callable[..., None]:
-    # Every odd shape at least once, under a document that replaces one of its children.
-    for stored in ODD_STORED:
-        test = example(history=[b"<SERVICE_INCIDENT><Comment>y</Comment><Nest>z</Nest></SERVICE_INCIDENT>"],
-                       odd=stored)(test)
-    return test
-
-
-def _each_odd_stored_state(test: Callable[..., None]) -> Callable[..., None]:
-    # Every odd shape at least once, under a history that appends activities and more.
-    for stored in ODD_STORED:
-        test = example(history=[b"<SERVICE_INCIDENT><ACTIVITY><N>1</N></ACTIVITY><Comment>y</Comment>"
-                                b"<SOLUTION><T>s</T></SOLUTION><ACTIVITY/></SERVICE_INCIDENT>"],
-                       odd=stored, state="Entitled")(test)
-    return test
+def _each_odd_stored(history: bytes, **more: object) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Every odd stored shape at least once, under *history* (one document), with *more*."""
+    def examples(test: Callable[..., None]) -> Callable[..., None]:
+        for stored in ODD_STORED:
+            test = example(history=[history], odd=stored, **more)(test)
+        return test
+    return examples
 
 
 @given(history=st.lists(DOCUMENTS, min_size=1, max_size=4), odd=st.one_of(st.none(), st.sampled_from(ODD_STORED)))
-@_each_odd_stored
+# A document that replaces one of the odd incident's children.
+@_each_odd_stored(b"<SERVICE_INCIDENT><Comment>y</Comment><Nest>z</Nest></SERVICE_INCIDENT>")
 def test_a_prepared_change_writes_what_the_merged_tree_writes(history: list[bytes], odd: bytes | None) -> None:
     """IncidentChange.apply, its entries put back, gives lxml's bytes of the merged tree, for any stored incident.
 
@@ -377,7 +370,9 @@ HISTORIES = st.lists(st.lists(st.sampled_from(ENTRY_CHILDREN + CHILDREN), max_si
 
 
 @given(history=HISTORIES, odd=st.one_of(st.none(), st.sampled_from(ODD_STORED)), state=st.sampled_from(STATES))
-@_each_odd_stored_state
+# A history that appends activities and more.
+@_each_odd_stored(b"<SERVICE_INCIDENT><ACTIVITY><N>1</N></ACTIVITY><Comment>y</Comment>"
+                  b"<SOLUTION><T>s</T></SOLUTION><ACTIVITY/></SERVICE_INCIDENT>", state="Entitled")
 def test_a_query_answers_the_stored_incident_as_the_whole_incident_parsed(
         history: list[bytes], odd: bytes | None, state: str) -> None:
     """Leaving the ACTIVITY entries out before the parse answers what removing them after it did."""
