@@ -11,7 +11,9 @@ batch), on a fresh SQLite file with the hub's settings.  What ``Exchange.receive
 before the database (``prepare_inbound``: inspect, the forwarded document's template,
 the matrix precheck, ``Prepared.of``) is done first, untimed.
 
-It prints the writer's CPU time and wall time per transaction; ``--profile``
+It prints the writer's CPU time and wall time per transaction, and (on Linux) the write
+and read system calls it made per transaction, which callgrind's count
+(``bench/instructions.py``) leaves out and which do not move with the host; ``--profile``
 adds cProfile's top functions (which roughly doubles the times), and ``--statements``
 the wall time of each of the hot path's SQL statements (``gsem.exchange._Hot``) per
 call and per transaction: what SQLite and the call into it cost, row by row.
@@ -118,6 +120,17 @@ class StatementTimes:
         return "\n".join(lines)
 
 
+def process_io() -> dict[str, int]:
+    """This process's read and write system calls and bytes so far (Linux's
+    ``/proc/self/io``); empty where there is none."""
+    try:
+        lines = Path("/proc/self/io").read_text().splitlines()
+    except OSError:
+        return {}
+    fields = dict(line.split(": ") for line in lines if ": " in line)
+    return {name: int(fields[name]) for name in ("syscr", "syscw", "rchar", "wchar")}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=12,
@@ -136,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         statements = StatementTimes()
         refused = count = 0
         with statements if args.statements else contextlib.nullcontext():
+            io_before = process_io()
             cpu, wall = time.thread_time(), time.perf_counter()
             if profile:
                 profile.enable()
@@ -147,10 +161,17 @@ def main(argv: list[str] | None = None) -> int:
             if profile:
                 profile.disable()
             cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
+            io = {name: value - io_before[name] for name, value in process_io().items()} if io_before else {}
         database.engine.dispose()
         print(f"{count:,} transactions in {len(batches)} group commits of {PARALLEL}: "
               f"{cpu / count * 1e6:,.0f} µs CPU and {wall / count * 1e6:,.0f} µs wall per transaction"
               + (f"  !! {refused} not accepted" if refused else ""))
+        if io:
+            # Kernel work callgrind does not count (bench/instructions.py): each of these is a
+            # system call made while the database is held.
+            print(f"system calls per transaction: {io['syscw'] / count:.1f} writes "
+                  f"({io['wchar'] / count / 1024:.1f} KiB), {io['syscr'] / count:.1f} reads "
+                  f"({io['rchar'] / count / 1024:.1f} KiB)")
         if args.statements:
             print(statements.report(count))
         if profile:
