@@ -80,15 +80,16 @@ def test_check_current_on_a_newer_schema_says_to_run_the_newer_gsem(database_url
 
 
 def test_sqlite_connections_are_durable_and_enforce_foreign_keys(sqlite_database_url: str) -> None:
-    """Every SQLite connection reads back WAL, synchronous=FULL, foreign keys and a busy timeout."""
+    """Every SQLite connection reads back WAL, synchronous=FULL, foreign keys and a busy timeout,
+    and keeps its temporary data (a group commit's statement journal) in memory."""
     database = Database(sqlite_database_url)
     try:
         def pragmas(conn: sa.Connection) -> dict[str, object]:
             return {name: conn.exec_driver_sql(f"PRAGMA {name}").scalar()
-                    for name in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout")}
+                    for name in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout", "temp_store")}
 
         assert database.run_sync(pragmas) == {
-            "journal_mode": "wal", "synchronous": 2, "foreign_keys": 1, "busy_timeout": 10_000}
+            "journal_mode": "wal", "synchronous": 2, "foreign_keys": 1, "busy_timeout": 10_000, "temp_store": 2}
     finally:
         database.stop()
 
