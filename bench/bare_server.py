@@ -307,6 +307,7 @@ def _floor_writer(db_path: Path, socks: list[socket.socket]) -> int:
     db = sqlite3.connect(db_path, isolation_level=None)
     db.execute("PRAGMA journal_mode = WAL")
     db.execute("PRAGMA synchronous = FULL")
+    db.execute("PRAGMA temp_store = MEMORY")  # as gsem's connections: the SAVEPOINTs' journal in memory
     template = fixed_ack()
     sel = selectors.DefaultSelector()
     buffers = {}
