@@ -12,6 +12,7 @@ whole incident apart.
 
 from __future__ import annotations
 
+import collections
 import copy
 import re
 from collections.abc import Sequence
@@ -109,6 +110,10 @@ class IncidentChange:
     parts: list[etree._Element]
     #: (tag, bytes) of each part; None when one cannot be joined as bytes.
     written: tuple[tuple[bytes, bytes], ...] | None
+    #: Whether :func:`_children` finds each written part, alone, as one whole child: then
+    #: it finds the children of an incident joined from them and from children it found
+    #: as exactly those, and :meth:`apply` can remember them for the next change.
+    scannable: bool = False
 
     @classmethod
     def prepare(cls, document: etree._Element) -> IncidentChange:
@@ -124,7 +129,12 @@ class IncidentChange:
                 break
             assert written is not None
             written.append((part.tag.encode("ascii"), text))
-        return cls(parts, None if written is None else tuple(written))
+        if written is None:
+            return cls(parts, None)
+        # Checked here, before the database transaction, so that apply need not scan.
+        scannable = all(tag in _APPENDED_BYTES or (_CHILD.fullmatch(text) and not _EMPTY_PAIR.search(text))
+                        for tag, text in written)
+        return cls(parts, tuple(written), scannable)
 
     def apply(self, stored: bytes | None) -> tuple[bytes, list[Entry]]:
         """The incident after the change: *stored* (its document without the appended
@@ -134,7 +144,7 @@ class IncidentChange:
         ``etree.tostring(merged, encoding="UTF-8")`` returns for the whole incident.
         """
         entries: list[Entry] = []
-        children = None if self.written is None else [] if stored is None else _children(stored)
+        children = None if self.written is None else [] if stored is None else _scanned_children(stored)
         if self.written is None or children is None:
             incident = None if stored is None else etree.fromstring(stored, _PARSER)
             return etree.tostring(merge_stored_parts(incident, self.parts, entries), encoding="UTF-8"), entries
@@ -150,7 +160,10 @@ class IncidentChange:
                 children.append((text, tag))
         if not children:
             return _EMPTY, entries
-        return _OPEN + b"".join([text for text, _ in children]) + _CLOSE, entries
+        merged = _OPEN + b"".join([text for text, _ in children]) + _CLOSE
+        if self.scannable:
+            _remember_children(merged, children)
+        return merged, entries
 
 
 def assemble(base: bytes, entries: Sequence[Entry]) -> bytes:
@@ -158,7 +171,7 @@ def assemble(base: bytes, entries: Sequence[Entry]) -> bytes:
     were appended) put back in their places, as lxml writes the merged tree."""
     if not entries:
         return base
-    children = None if any(b"xmlns" in text for _, text in entries) else _children(base)
+    children = None if any(b"xmlns" in text for _, text in entries) else _scanned_children(base)
     if children is not None:
         # Joined as bytes, as IncidentChange.apply joins them: no parse, the same bytes.
         return _OPEN + b"".join(_interleave([text for text, _ in children], entries)) + _CLOSE
@@ -240,6 +253,33 @@ def _children(stored: bytes) -> list[tuple[bytes, bytes]] | None:
     if sum(len(text) for text, _ in children) != end - len(_OPEN):
         return None
     return children
+
+
+#: The children :func:`_children` finds in incidents this process wrote lately, by the
+#: incident's bytes: an incident's next change then need not scan it (the scan was most
+#: of what a change costs inside the database transaction).  A pure cache of the
+#: function; bounded in entries and in the size of what it keeps.
+_RECENT_CHILDREN: collections.OrderedDict[bytes, tuple[tuple[bytes, bytes], ...]] = collections.OrderedDict()
+_RECENT_MAX = 256
+_RECENT_MAX_BYTES = 16 * 1024
+
+
+def _scanned_children(stored: bytes) -> list[tuple[bytes, bytes]] | None:
+    """:func:`_children` of *stored*, from :data:`_RECENT_CHILDREN` when it is there."""
+    known = _RECENT_CHILDREN.get(stored)
+    return list(known) if known is not None else _children(stored)
+
+
+def _remember_children(stored: bytes, children: list[tuple[bytes, bytes]]) -> None:
+    """Keep *children*, which must be what :func:`_children` finds in *stored*."""
+    if len(stored) > _RECENT_MAX_BYTES:
+        return
+    _RECENT_CHILDREN[stored] = tuple(children)
+    while len(_RECENT_CHILDREN) > _RECENT_MAX:
+        try:
+            _RECENT_CHILDREN.popitem(last=False)
+        except KeyError:  # emptied meanwhile by another thread (PostgreSQL's several)
+            break
 
 
 def _tidy(element: etree._Element) -> None:

@@ -18,6 +18,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from lxml import etree
 
+from gsem import incident as incident_module
 from gsem.incident import (
     ForwardTemplate,
     IncidentChange,
@@ -335,6 +336,37 @@ def test_a_whole_incident_splits_into_its_document_and_entries_and_back(history:
         entries += appended
         assert split(whole) == (base, entries)
         assert assemble(*split(whole)) == whole
+
+
+@given(history=st.lists(DOCUMENTS, min_size=1, max_size=4), odd=st.one_of(st.none(), st.sampled_from(ODD_STORED)))
+@_each_odd_stored(b"<SERVICE_INCIDENT><Comment>y</Comment><Nest>z</Nest></SERVICE_INCIDENT>")
+def test_the_children_remembered_for_an_incident_are_those_the_scan_finds(
+        history: list[bytes], odd: bytes | None) -> None:
+    """What apply remembers of an incident it wrote, for the next change not to scan it, is
+    exactly what scanning it finds (the nested, empty-pair and namespaced children among them)."""
+    base = odd
+    for document in history:
+        base, _ = IncidentChange.prepare(_parse(document)).apply(base)
+        remembered = incident_module._RECENT_CHILDREN.get(base)
+        if remembered is not None:
+            assert list(remembered) == incident_module._children(base)
+
+
+def test_an_incident_this_process_wrote_is_changed_without_scanning_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Along the lifecycle, each change after the first finds the incident's children remembered."""
+    changes = [IncidentChange.prepare(_parse(path.read_bytes())) for path in FIXTURES]
+    assert all(change.scannable for change in changes)
+    stored, _ = changes[0].apply(None)
+
+    def no_scan(stored: bytes) -> None:
+        raise AssertionError("the stored incident was scanned again")
+
+    monkeypatch.setattr(incident_module, "_children", no_scan)
+    for change in changes[1:]:
+        stored, _ = change.apply(stored)
+    monkeypatch.undo()
+    incident_module._RECENT_CHILDREN.clear()
+    assert changes[-1].apply(stored)[0] == stored, "without what was remembered, the same bytes"
 
 
 def test_the_lifecycle_is_merged_without_parsing_the_stored_incident(monkeypatch: pytest.MonkeyPatch) -> None:
