@@ -62,11 +62,11 @@ def _configure_sqlite(engine: sa.Engine) -> None:
             cursor.execute("PRAGMA synchronous = FULL")
             cursor.execute("PRAGMA foreign_keys = ON")
             # Each call of a group commit runs in a SAVEPOINT (gsem.db.pool.run_calls), so
-            # SQLite keeps a statement journal: a copy of every page a call changes that an
-            # earlier call of the batch had changed already.  On file (the default) it spills
-            # past 64 KiB into a temporary file, and the hub wrote 55 pages a transaction
-            # instead of 23 while holding the database (docs/benchmarks.md).  In memory it is
-            # only memcpy; it is never needed after a crash (the WAL is what recovers).
+            # SQLite keeps a statement journal: a copy of every page a call changes.  On file
+            # (the default) it spills past 64 KiB into a temporary file, and the hub made 55
+            # write system calls a transaction instead of 23 while holding the database
+            # (docs/decisions.md 33).  In memory it is a copy in the process, emptied at each
+            # RELEASE; it is never needed after a crash (the WAL is what recovers).
             cursor.execute("PRAGMA temp_store = MEMORY")
         finally:
             cursor.close()
