@@ -266,7 +266,8 @@ _RECENT_MAX_BYTES = 16 * 1024
 
 def _scanned_children(stored: bytes) -> list[tuple[bytes, bytes]] | None:
     """:func:`_children` of *stored*, from :data:`_RECENT_CHILDREN` when it is there."""
-    known = _RECENT_CHILDREN.get(stored)
+    # Larger incidents are never kept: no need to hash them to look.
+    known = _RECENT_CHILDREN.get(stored) if len(stored) <= _RECENT_MAX_BYTES else None
     return list(known) if known is not None else _children(stored)
 
 
