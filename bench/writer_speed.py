@@ -120,6 +120,24 @@ class StatementTimes:
         return "\n".join(lines)
 
 
+class _OtherWriter:
+    """A second connection to the database that commits a row of its own on demand, as the
+    other worker of a two-worker hub commits between this one's batches."""
+
+    def __init__(self, path: str | None) -> None:
+        import sqlite3
+
+        assert path, "--cold needs an SQLite database file"
+        self.db = sqlite3.connect(path, isolation_level=None)
+        self.db.execute("CREATE TABLE IF NOT EXISTS bench_other_writer (n INTEGER)")
+
+    def commit(self) -> None:
+        self.db.execute("INSERT INTO bench_other_writer VALUES (1)")
+
+    def close(self) -> None:
+        self.db.close()
+
+
 def process_io() -> dict[str, int]:
     """This process's read and write system calls and bytes so far (Linux's
     ``/proc/self/io``); empty where there is none."""
@@ -138,6 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="also print cProfile's top 40 by own time")
     parser.add_argument("--statements", action="store_true",
                         help="also print the wall time of each hot-path SQL statement, per call and per transaction")
+    parser.add_argument("--cold", action="store_true",
+                        help="another connection commits between batches (untimed), as the other worker of "
+                             "gsem serve --workers 2 does: SQLite then empties the writer's page cache before each "
+                             "batch, so this measures the batch on a cold cache")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="gsem-writer-"))
     try:
@@ -148,22 +170,31 @@ def main(argv: list[str] | None = None) -> int:
         profile = cProfile.Profile() if args.profile else None
         statements = StatementTimes()
         refused = count = 0
+        other = _OtherWriter(database.engine.url.database) if args.cold else None
+        cpu = wall = 0.0
+        io: collections.Counter[str] = collections.Counter()
         with statements if args.statements else contextlib.nullcontext():
-            io_before = process_io()
-            cpu, wall = time.thread_time(), time.perf_counter()
-            if profile:
-                profile.enable()
             for calls in batches:
+                if other is not None:
+                    other.commit()
+                io_before = process_io()
+                started_cpu, started_wall = time.thread_time(), time.perf_counter()
+                if profile:
+                    profile.enable()
                 for ok, outcome in run_batch(database.engine, calls):
                     count += 1
                     if not ok or outcome.log_fields.get("result") != "Yes":
                         refused += 1
-            if profile:
-                profile.disable()
-            cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
-            io = {name: value - io_before[name] for name, value in process_io().items()} if io_before else {}
+                if profile:
+                    profile.disable()
+                cpu += time.thread_time() - started_cpu
+                wall += time.perf_counter() - started_wall
+                io.update({name: value - io_before[name] for name, value in process_io().items()})
+        if other is not None:
+            other.close()
         database.engine.dispose()
-        print(f"{count:,} transactions in {len(batches)} group commits of {PARALLEL}: "
+        print(f"{count:,} transactions in {len(batches)} group commits of {PARALLEL}"
+              + (", each on a page cache another connection's commit had emptied" if args.cold else "") + ": "
               f"{cpu / count * 1e6:,.0f} µs CPU and {wall / count * 1e6:,.0f} µs wall per transaction"
               + (f"  !! {refused} not accepted" if refused else ""))
         if io:
