@@ -27,6 +27,7 @@ from gsem.ack import Acknowledgement, mark_duplicate
 from gsem.contract import IncidentFacts, Role, State, TransactionSpec
 from gsem.db import model
 from gsem.db.incidents_read import ENTRIES_OF
+from gsem.db.pool import BatchUndone
 from gsem.errors import AckCode, Problem
 from gsem.ids import new_ulid
 from gsem.incident import (
@@ -683,9 +684,11 @@ class Exchange:
                     lambda conn, i=inspection, f=forward, p=prepared: decide_and_store(
                         conn, inbound, i, self.validator, timings, f, p))
                 break
-            except IntegrityError:
+            except (IntegrityError, BatchUndone):
                 # Lost a race on a unique key (the same idempotency key or RequesterID on
-                # another connection); the retry sees the winner's row.
+                # another connection), and the retry sees the winner's row; or another
+                # transaction of the same group commit failed and took this one's changes
+                # with it.  Either way nothing was kept, and it is decided again from scratch.
                 if attempt == _RACE_RETRIES - 1:
                     outcome = self._unavailable(inbound, "the store kept refusing the transaction")
             except SQLAlchemyError as e:

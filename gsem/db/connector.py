@@ -61,12 +61,13 @@ def _configure_sqlite(engine: sa.Engine) -> None:
             # even across a power loss (SPEC §6); NORMAL would lose recent commits.
             cursor.execute("PRAGMA synchronous = FULL")
             cursor.execute("PRAGMA foreign_keys = ON")
-            # Each call of a group commit runs in a SAVEPOINT (gsem.db.pool.run_calls), so
-            # SQLite keeps a statement journal: a copy of every page a call changes.  On file
-            # (the default) it spills past 64 KiB into a temporary file, and the hub made 55
-            # write system calls a transaction instead of 23 while holding the database
-            # (docs/decisions.md 33).  In memory it is a copy in the process, emptied at each
-            # RELEASE; it is never needed after a crash (the WAL is what recovers).
+            # Inside a transaction SQLite keeps a statement journal: a copy of each page a
+            # statement changes, so that the statement alone can fail (and of each page a
+            # SAVEPOINT changes, as the group commit's calls once had).  On file (the
+            # default) it spills past 64 KiB into a temporary file: the hub made 55 write
+            # system calls a transaction instead of 23 while holding the database
+            # (docs/decisions.md 33).  In memory it is a copy in the process, emptied when
+            # the statement ends; never needed after a crash (the WAL is what recovers).
             cursor.execute("PRAGMA temp_store = MEMORY")
         finally:
             cursor.close()
@@ -175,11 +176,12 @@ class Database:
     async def run_batched(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """:meth:`run`, with group commit on SQLite (:class:`~gsem.db.pool.GroupCommitWriter`).
 
-        ``fn`` may share its transaction with other calls queued at the same time, each
-        in its own SAVEPOINT, and runs on the reactor thread; its result comes back only
-        after the commit that holds its changes.  Its exception undoes only its own
-        changes; a failed commit reaches every call of the batch, and then nothing of any
-        of them was kept.  On PostgreSQL it is :meth:`run`.
+        ``fn`` may share its transaction with other calls queued at the same time, and runs
+        on the reactor thread; its result comes back only after the commit that holds its
+        changes.  When another call of its batch raises, the batch is rolled back and this
+        call raises :class:`~gsem.db.pool.BatchUndone` (nothing of it was kept): the caller
+        runs it again, from scratch.  A failed commit reaches every call of the batch, and
+        then nothing of any of them was kept.  On PostgreSQL it is :meth:`run`.
         """
         if self._writer is not None:
             return await self._writer.submit(fn, *args, **kwargs)

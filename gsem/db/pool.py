@@ -7,10 +7,11 @@ Every call of :class:`DBThreadPool` runs off the reactor thread: a call hands a 
 never SQLAlchemy rows, so nothing lazy crosses back to the reactor thread.
 
 :class:`GroupCommitWriter` is the SQLite writer of a server's transactions: the calls
-queued while it was busy run in one transaction, each inside its own SAVEPOINT, and are
-answered together after the one commit (one fsync instead of one per call).  It runs the
-calls on the reactor thread and only the commit in a thread of its own (see its docstring
-for why).
+queued while it was busy run in one transaction and are answered together after the one
+commit (one fsync instead of one per call).  It runs the calls on the reactor thread and
+only the commit in a thread of its own (see its docstring for why).  A call that raises
+undoes its whole batch: the calls before it are answered :class:`BatchUndone` (nothing of
+them was kept; their callers run them again), those after it run in the next batch.
 
 Several server processes may write one SQLite file (``[server] workers``).  SQLite lets
 only one of them write at a time, and one that finds the file locked sleeps and polls
@@ -28,7 +29,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -42,8 +43,8 @@ from twisted.python.threadpool import ThreadPool
 
 log = Logger()
 
-__all__ = ["DBThreadPool", "GroupCommitWriter", "WriterLock", "run_in_transaction", "run_batch", "run_calls",
-           "BATCH_MAX"]
+__all__ = ["BatchUndone", "DBThreadPool", "GroupCommitWriter", "WriterLock", "run_in_transaction", "run_batch",
+           "run_until_failure", "BATCH_MAX"]
 
 T = TypeVar("T")
 
@@ -111,58 +112,65 @@ def run_in_transaction(engine: sa.Engine, fn: Callable[..., T], *args: Any, **kw
 def run_batch(engine: sa.Engine, calls: Sequence[_Call]) -> list[tuple[bool, Any]]:
     """Run every ``fn(conn, *args, **kwargs)`` of *calls* in one transaction; commit once.
 
-    Each call runs inside its own SAVEPOINT: when it raises, only its own changes are
-    rolled back and its outcome is ``(False, failure)``; the others go on.  Returns one
-    ``(True, result)`` or ``(False, failure)`` per call, in order, and only after the
-    commit succeeded.  When the transaction or its commit fails, nothing of any call was
-    kept, and every call gets ``(False, failure)`` of that error.
+    As :class:`GroupCommitWriter` runs a batch: when a call raises, the transaction is
+    rolled back, that call's outcome is ``(False, failure)`` and each call before it
+    ``(False, BatchUndone)`` (nothing of it was kept); the calls after it then run the
+    same way in a transaction of their own.  Returns one ``(True, result)`` or ``(False,
+    failure)`` per call, in order, and only after the commits.  When a transaction or its
+    commit fails, nothing of its calls was kept, and each gets ``(False, failure)`` of
+    that error.
     """
-    try:
-        with engine.begin() as conn:
-            outcomes = run_calls(conn, calls)
-    except Exception:
-        failure = Failure()
-        return [(False, failure)] * len(calls)
+    outcomes: list[tuple[bool, Any]] = []
+    rest = list(calls)
+    while rest:
+        try:
+            with engine.connect() as conn:
+                transaction = conn.begin()
+                results, raised = run_until_failure(conn, rest)
+                if raised is None:
+                    transaction.commit()
+                else:
+                    transaction.rollback()
+        except Exception:
+            return outcomes + [(False, Failure())] * len(rest)
+        if raised is None:
+            return outcomes + [(True, result) for result in results]
+        outcomes += [(False, _undone(raised))] * len(results) + [(False, raised)]
+        rest = rest[len(results) + 1:]
     return outcomes
 
 
-def run_calls(conn: sa.Connection, calls: Sequence[_Call]) -> list[tuple[bool, Any]]:
-    """Run every call of *calls* in its own SAVEPOINT of *conn*'s transaction (:func:`run_batch`)."""
-    savepoint = _raw_savepoint if conn.dialect.name == "sqlite" else _savepoint
-    outcomes: list[tuple[bool, Any]] = []
+class BatchUndone(Exception):
+    """Another call of the same group commit raised, so its transaction was rolled back
+    with this call's changes in it: nothing of this call was kept.  Run it again (from
+    scratch: a call may have changed what it was given before it was undone)."""
+
+
+def run_until_failure(conn: sa.Connection, calls: Sequence[_Call]) -> tuple[list[Any], Failure | None]:
+    """Run the *calls* one after another in *conn*'s transaction, without savepoints, until one raises.
+
+    Returns the results of the calls that returned and, when one raised, its failure: the
+    transaction then holds that call's changes up to its error, and only a rollback of the
+    whole transaction removes them.  The calls after it were not run.
+
+    A SAVEPOINT per call would let one call fail alone, but SQLite then
+    copies every page a call changes into its statement journal, and with the SAVEPOINT and
+    RELEASE themselves that was 5.7 % of the hub's own instructions per transaction,
+    all of it while the other workers wait for the database (docs/decisions.md 34).  Calls
+    hardly ever raise, so the group commit pays for a failure when one happens instead.
+    """
+    results: list[Any] = []
     for fn, args, kwargs in calls:
         try:
-            with savepoint(conn):
-                result = fn(conn, *args, **kwargs)
+            results.append(fn(conn, *args, **kwargs))
         except Exception:
-            outcomes.append((False, Failure()))
-        else:
-            outcomes.append((True, result))
-    return outcomes
+            return results, Failure()
+    return results, None
 
 
-def _savepoint(conn: sa.Connection) -> contextlib.AbstractContextManager[Any]:
-    return conn.begin_nested()
-
-
-@contextlib.contextmanager
-def _raw_savepoint(conn: sa.Connection) -> Iterator[None]:
-    """A SAVEPOINT issued straight on the SQLite connection.
-
-    ``conn.begin_nested()`` compiles, executes and tracks a SAVEPOINT and its RELEASE
-    through SQLAlchemy, which cost a quarter of the writer's time per transaction; the
-    called functions never nest transactions of their own, so SQLAlchemy need not know.
-    """
-    raw = conn.connection.driver_connection
-    assert raw is not None
-    raw.execute("SAVEPOINT gsem_call")
-    try:
-        yield
-    except BaseException:
-        raw.execute("ROLLBACK TO gsem_call")
-        raw.execute("RELEASE gsem_call")
-        raise
-    raw.execute("RELEASE gsem_call")
+def _undone(raised: Failure) -> Failure:
+    return Failure(BatchUndone(f"another call of its group commit failed ({raised.type.__name__}); "
+                               "nothing of this call was kept"))
 
 
 class DBThreadPool:
@@ -229,6 +237,7 @@ class WriterStats:
 
     transactions: int = 0  # calls run
     commits: int = 0
+    undone: int = 0  # batches rolled back because one of their calls raised
     held: float = 0.0  # seconds the writer lock was this process's
     waited: float = 0.0  # seconds waiting for it (other workers, or the CLI, writing)
     committing: float = 0.0  # seconds in COMMIT, mostly the disk's fsync
@@ -251,7 +260,9 @@ class WriterStats:
                 f"({self.held / up:.0%}, {per_tx:.2f} ms per transaction), waited for it {self.waited:.1f} s; "
                 f"a commit took {commit_ms:.1f} ms on average; of the lock's time per transaction, "
                 f"{self._per_tx(self.running):.2f} ms running it, {self._per_tx(self.committing):.2f} ms "
-                f"committing and {self._per_tx(self.reaching):.2f} ms until the reactor began its batch")
+                f"committing and {self._per_tx(self.reaching):.2f} ms until the reactor began its batch"
+                + (f"; {self.undone:,} batch{'' if self.undone == 1 else 'es'} rolled back for a call that raised"
+                   if self.undone else ""))
 
     def _per_tx(self, seconds: float) -> float:
         return seconds / self.transactions * 1000 if self.transactions else 0.0
@@ -264,12 +275,16 @@ class GroupCommitWriter:
     a batch) the writer's thread takes the :class:`WriterLock` and begins a transaction,
     waiting as long as another process writes while the reactor goes on serving.  The
     reactor thread then runs up to :attr:`batch_max` queued calls in that transaction (when
-    it next turns, or as soon as another call is queued if that comes first), each
-    in its own SAVEPOINT (:func:`run_calls`), and hands the COMMIT, which waits for the
-    disk, back to the thread, which releases the lock after it; the batch is answered on
-    the reactor thread after that commit.  Calls queued meanwhile form the next batch.  A call's exception
-    undoes only its own changes; a failed BEGIN or COMMIT reaches every call of the batch,
-    and then nothing of any of them was kept.
+    it next turns, or as soon as another call is queued if that comes first), one after
+    another (:func:`run_until_failure`), and hands the COMMIT, which waits for the disk,
+    back to the thread, which releases the lock after it; the batch is answered on the
+    reactor thread after that commit.  Calls queued meanwhile form the next batch.
+
+    A call that raises undoes its batch: the transaction is rolled back at once, the call
+    gets its exception, the calls before it :class:`BatchUndone` (nothing of them was
+    kept), and the calls after it, not yet run, go back to the head of the queue for the
+    next batch.  A failed BEGIN or COMMIT reaches every call of the batch, and then nothing
+    of any of them was kept.
 
     Why not a database thread: each time a database thread came back from SQLite it waited
     for the interpreter lock while the reactor thread ran TLS or libxml2 work, and with
@@ -380,17 +395,42 @@ class GroupCommitWriter:
         self.stats.transactions += len(batch)
         if conn is not None and transaction is not None:
             try:
-                outcomes = run_calls(conn, [call for call, _ in batch])
+                results, raised = run_until_failure(conn, [call for call, _ in batch])
                 self.stats.running += time.monotonic() - began
             except BaseException:
                 conn.invalidate()  # closed, which rolls back whatever was written
                 conn.close()
                 self._release()
                 raise
-            self._thread.callInThread(self._commit, conn, transaction, deferreds, outcomes)
+            if raised is None:
+                outcomes = [(True, result) for result in results]
+                self._thread.callInThread(self._commit, conn, transaction, deferreds, outcomes)
+                return
+            self._undo(conn, transaction, batch, len(results), raised)
             return
         self._release()
         self._finish(deferreds, [(False, failure)] * len(batch))
+        self._answer_finished()
+
+    def _undo(self, conn: sa.Connection, transaction: sa.RootTransaction, batch: list[tuple[_Call, Deferred[Any]]],
+              failed: int, raised: Failure) -> None:
+        """On the reactor thread: call *failed* of *batch* raised *raised*; roll the batch back.
+
+        A rollback does not wait for the disk, so it is done here, under the lock.
+        """
+        try:
+            transaction.rollback()
+        except Exception:
+            conn.invalidate()  # closed, which surely rolls it back
+        finally:
+            conn.close()
+            self._release()
+        self.stats.undone += 1
+        # Not run yet: first in line for the next batch, in their order (and counted then).
+        self._queue.extendleft(reversed(batch[failed + 1:]))
+        self.stats.transactions -= len(batch) - failed - 1
+        outcomes = [(False, _undone(raised))] * failed + [(False, raised)]
+        self._finish([d for _, d in batch[:failed + 1]], outcomes)
         self._answer_finished()
 
     def _commit(self, conn: sa.Connection, transaction: sa.RootTransaction, deferreds: list[Deferred[Any]],

@@ -26,7 +26,7 @@ from twisted.internet.task import deferLater
 
 from gsem.db import model, partners
 from gsem.db.connector import Database
-from gsem.db.pool import WriterLock
+from gsem.db.pool import BatchUndone, WriterLock, run_batch
 from gsem.exchange import Exchange, Inbound
 from gsem.validation import DocumentValidator
 
@@ -187,8 +187,12 @@ async def test_a_call_queued_while_the_reactor_is_busy_runs_the_granted_batch_at
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_failing_call_undoes_only_its_own_changes(database: Database) -> None:
-    """One call's IntegrityError rolls back its SAVEPOINT alone; the others are kept and answered."""
+async def test_a_failing_call_undoes_its_batch_and_the_calls_after_it_run_in_the_next(database: Database) -> None:
+    """One call's IntegrityError rolls back its batch: nothing of it or the call before it is kept.
+
+    The call before it hears BatchUndone (its caller runs it again); the call after it had
+    not run, and runs in the next batch, committed and answered as usual.
+    """
     database.run_sync(partners.add_partner, "TAKEN", "Already there")
 
     def clash(conn: Any) -> None:
@@ -196,13 +200,39 @@ async def test_a_failing_call_undoes_only_its_own_changes(database: Database) ->
         _insert_partner(conn, "TAKEN")
 
     other = _other_process(database)
+    commits = _commits(database)
     batch = [_submit(database, _add("A")), _submit(database, clash), _submit(database, _add("B"))]
     other.release()
     first, failed, last = await _results(batch)
-    assert first == (True, "A") and last == (True, "B")
+    assert first[0] is False and first[1].check(BatchUndone)
+    assert "nothing of this call was kept" in str(first[1].value)
     assert failed[0] is False and failed[1].check(IntegrityError)
+    assert last == (True, "B")
+    assert commits[0] == 1  # B's batch; the undone one was rolled back, not committed
+    assert _partner_ids(database) == ["B", "TAKEN"]
+    # Run again, the undone call is kept.
+    assert await _submit(database, _add("A")) == "A"
     assert _partner_ids(database) == ["A", "B", "TAKEN"]
     other.close()
+    summary = database._writer.stats.summary()  # type: ignore[union-attr]
+    assert summary.startswith("database writer: 4 transactions in 2 commits")
+    assert summary.endswith("; 1 batch rolled back for a call that raised")
+
+
+def test_run_batch_rolls_back_a_failing_calls_batch_and_runs_the_rest_in_another(tmp_path: Path) -> None:
+    """run_batch (the writer's batch when it stops, and the benchmarks') fails as the writer does."""
+    db = Database(f"sqlite:///{tmp_path / 'gsem.db'}", reactor=reactor)
+    db.upgrade()
+    db.run_sync(partners.add_partner, "TAKEN", "Already there")
+    commits = _commits(db)
+    outcomes = run_batch(db.engine, [(_add("A"), (), {}), (_insert_partner, ("TAKEN",), {}),
+                                     (_add("B"), (), {}), (_add("C"), (), {})])
+    assert outcomes[0][0] is False and outcomes[0][1].check(BatchUndone)
+    assert outcomes[1][0] is False and outcomes[1][1].check(IntegrityError)
+    assert outcomes[2:] == [(True, "B"), (True, "C")]
+    assert commits[0] == 1
+    assert sorted(p.id for p in db.run_sync(partners.list_partners)) == ["B", "C", "TAKEN"]
+    db.engine.dispose()
 
 
 @pytest_twisted.ensureDeferred
@@ -305,7 +335,11 @@ async def test_duplicates_in_one_batch_are_one_original_and_its_replays(database
 
 @pytest_twisted.ensureDeferred
 async def test_a_rejected_transaction_does_not_take_its_batch_down(database: Database) -> None:
-    """A transaction that loses a unique-key race in a batch is retried; the others are kept."""
+    """A transaction that loses a unique-key race in a batch is retried; the others are kept.
+
+    Its batch is rolled back: the transaction before it is decided again, the one after
+    it is decided in the next batch; each is acknowledged Yes and kept once.
+    """
     exchange = _exchange_setup(database)
     real = exchange.database.run_batched
     calls = [0]
@@ -324,9 +358,12 @@ async def test_a_rejected_transaction_does_not_take_its_batch_down(database: Dat
     batch = [Deferred.fromCoroutine(exchange.receive(_inbound(_service_request(ref)))) for ref in refs]
     other.release()
     outcomes = [o for _, o in await _results(batch)]
-    # The second one was retried (its first attempt lost the race) and then accepted.
-    assert calls[0] == 4
-    assert all(o.http_status == 200 for o in outcomes)
+    # Five runs: the three, the second again (its first attempt lost the race), and the
+    # first again (undone with the second's batch).
+    assert calls[0] == 5
+    assert all(o.http_status == 200 and b"<Acknowledge>Yes</Acknowledge>" in o.document for o in outcomes)
+    kept = database.run_sync(lambda conn: conn.execute(sa.select(sa.func.count()).select_from(model.messages)).scalar())
+    assert kept == len(refs)
     stored = database.run_sync(lambda conn: sorted(
         r.requester_ref for r in conn.execute(sa.select(model.incidents.c.requester_ref))))
     assert stored == refs
