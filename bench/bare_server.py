@@ -260,8 +260,25 @@ def _floor_store(raw: Any, template: bytes, partner: str, ref: str, state: str, 
 
 def floor_commit(db: Any, template: bytes, batch: list[Any]) -> list[bytes | None]:
     """The writer process's group commit: each of *batch* (``_floor_store``'s arguments
-    after the template) in a SAVEPOINT of one transaction on the sqlite3 connection *db*
-    (``isolation_level=None``); its acknowledgement, or None when its statements failed."""
+    after the template) in one transaction on the sqlite3 connection *db*
+    (``isolation_level=None``); its acknowledgement, or None when its statements failed.
+
+    As gsem's group commit, no SAVEPOINT per call (``gsem.db.pool.run_until_failure``):
+    when a call fails, the transaction is rolled back, and (the floor's calls being plain
+    statements that can run again) the batch runs again with one SAVEPOINT per call."""
+    import sqlite3
+
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        acks: list[bytes | None] = [_floor_store(db, template, *args) for args in batch]
+    except sqlite3.Error:
+        db.execute("ROLLBACK")
+        return _floor_commit_savepoints(db, template, batch)
+    db.execute("COMMIT")
+    return acks
+
+
+def _floor_commit_savepoints(db: Any, template: bytes, batch: list[Any]) -> list[bytes | None]:
     import sqlite3
 
     db.execute("BEGIN IMMEDIATE")
@@ -307,7 +324,7 @@ def _floor_writer(db_path: Path, socks: list[socket.socket]) -> int:
     db = sqlite3.connect(db_path, isolation_level=None)
     db.execute("PRAGMA journal_mode = WAL")
     db.execute("PRAGMA synchronous = FULL")
-    db.execute("PRAGMA temp_store = MEMORY")  # as gsem's connections: the SAVEPOINTs' journal in memory
+    db.execute("PRAGMA temp_store = MEMORY")  # as gsem's connections: the statement journal in memory
     template = fixed_ack()
     sel = selectors.DefaultSelector()
     buffers = {}

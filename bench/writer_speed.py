@@ -116,7 +116,7 @@ class StatementTimes:
                          f"{self.calls[hot] / transactions:13.2f}  {sql[:70]}")
         total = sum(self.seconds.values())
         lines.append(f"{total / transactions * 1e6:10.1f} {'':10} {sum(self.calls.values()) / transactions:13.2f}  "
-                     "in all (SAVEPOINT, RELEASE and COMMIT not included)")
+                     "in all (BEGIN and COMMIT not included)")
         return "\n".join(lines)
 
 
