@@ -201,11 +201,13 @@ def serve_floor(data_dir: Path, port: int, workers: int, writer_process: bool = 
     """
     import sqlite3
 
+    from gsem.db.connector import SQLITE_PAGE_SIZE
     from gsem.workers import bind_listening_socket, die_with_parent
 
     config = load_config(data_dir)
     db_path = data_dir / "floor.db"
     with sqlite3.connect(db_path) as db:
+        db.execute(f"PRAGMA page_size = {SQLITE_PAGE_SIZE}")  # as a database gsem creates
         db.execute("PRAGMA journal_mode = WAL")
         db.executescript(_FLOOR_SCHEMA)
     sock = bind_listening_socket(config.host, port)

@@ -119,9 +119,11 @@ def run_floor(data_dir: Path, batches: list[list[tuple[str, bytes]]]) -> int:
     from bare_server import _FLOOR_SCHEMA, fixed_ack, floor_commit
     from lxml import etree
 
+    from gsem.db.connector import SQLITE_PAGE_SIZE
     from gsem.schema import incident_schema
 
     db = sqlite3.connect(data_dir / "floor.db", isolation_level=None)
+    db.execute(f"PRAGMA page_size = {SQLITE_PAGE_SIZE}")  # as bare_server.py makes floor.db
     db.execute("PRAGMA journal_mode = WAL")
     db.execute("PRAGMA synchronous = FULL")
     db.executescript(_FLOOR_SCHEMA)

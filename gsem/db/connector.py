@@ -23,7 +23,7 @@ from twisted.internet.interfaces import IReactorFromThreads
 from gsem.db.pool import DBThreadPool, GroupCommitWriter, WriterLock, run_in_transaction
 from gsem.errors import GsemError
 
-__all__ = ["Database", "SchemaOutOfDate", "MIGRATIONS_DIR", "SQLITE_BUSY_TIMEOUT_MS"]
+__all__ = ["Database", "SchemaOutOfDate", "MIGRATIONS_DIR", "SQLITE_BUSY_TIMEOUT_MS", "SQLITE_PAGE_SIZE"]
 
 T = TypeVar("T")
 
@@ -33,6 +33,8 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 #: How long an SQLite connection waits for another process's write lock (e.g. the CLI
 #: while the server writes) before it gives up with "database is locked".
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+#: The page size of a new SQLite database, in bytes (an existing one keeps its own).
+SQLITE_PAGE_SIZE = 8192
 
 #: Threads (and pooled connections) for PostgreSQL; SQLite always has exactly one.
 POSTGRES_THREADS = 4
@@ -56,6 +58,11 @@ def _configure_sqlite(engine: sa.Engine) -> None:
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            # 8 KiB pages for a new database (an existing one keeps its own): gsem's rows
+            # carry 2 KB documents, which left 4 KiB pages half empty, so a transaction
+            # wrote 13 log frames instead of 6 and its commit took longer while the other
+            # workers waited (docs/decisions.md 35).  Only before WAL, which fixes the size.
+            cursor.execute(f"PRAGMA page_size = {SQLITE_PAGE_SIZE}")
             cursor.execute("PRAGMA journal_mode = WAL")
             # FULL: a commit is on disk when it returns, so "Acknowledge=Yes" is durable
             # even across a power loss (SPEC §6); NORMAL would lose recent commits.

@@ -8,6 +8,8 @@ there is none).
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -79,17 +81,36 @@ def test_check_current_on_a_newer_schema_says_to_run_the_newer_gsem(database_url
         database.stop()
 
 
+def _pragmas(conn: sa.Connection) -> dict[str, object]:
+    return {name: conn.exec_driver_sql(f"PRAGMA {name}").scalar()
+            for name in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout", "temp_store", "page_size")}
+
+
 def test_sqlite_connections_are_durable_and_enforce_foreign_keys(sqlite_database_url: str) -> None:
     """Every SQLite connection reads back WAL, synchronous=FULL, foreign keys and a busy timeout,
-    and keeps its temporary data (a group commit's statement journal) in memory."""
+    and keeps its temporary data (its statement journal) in memory; a new database has 8 KiB pages."""
     database = Database(sqlite_database_url)
     try:
-        def pragmas(conn: sa.Connection) -> dict[str, object]:
-            return {name: conn.exec_driver_sql(f"PRAGMA {name}").scalar()
-                    for name in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout", "temp_store")}
+        assert database.run_sync(_pragmas) == {
+            "journal_mode": "wal", "synchronous": 2, "foreign_keys": 1, "busy_timeout": 10_000, "temp_store": 2,
+            "page_size": 8192}
+    finally:
+        database.stop()
 
-        assert database.run_sync(pragmas) == {
-            "journal_mode": "wal", "synchronous": 2, "foreign_keys": 1, "busy_timeout": 10_000, "temp_store": 2}
+
+def test_an_existing_sqlite_database_keeps_its_page_size(tmp_path: Path) -> None:
+    """A database made with SQLite's default 4 KiB pages (gsem before 8 KiB) is used as it is."""
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.execute("PRAGMA journal_mode = WAL")  # fixes the page size, as gsem's first connection did
+    old.execute("CREATE TABLE made_before (x)")
+    old.close()
+    database = Database(f"sqlite:///{path}")
+    try:
+        database.upgrade()
+        assert database.run_sync(_pragmas)["page_size"] == 4096
+        database.run_sync(partners.add_partner, "ACME", "Acme")
+        assert [p.id for p in database.run_sync(partners.list_partners)] == ["ACME"]
     finally:
         database.stop()
 
