@@ -193,23 +193,34 @@ CREATE INDEX IF NOT EXISTS ix_deliveries_due ON deliveries (state, next_attempt_
 """
 
 
+def floor_database(path: Path) -> Any:
+    """An sqlite3 connection (``isolation_level=None``) to the floor's database at *path*,
+    made with its tables if it is new, with the settings of gsem's connections: 8 KiB
+    pages (for a new file), WAL, ``synchronous=FULL``, the statement journal in memory."""
+    import sqlite3
+
+    from gsem.db.connector import SQLITE_PAGE_SIZE
+
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute(f"PRAGMA page_size = {SQLITE_PAGE_SIZE}")
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = FULL")
+    db.execute("PRAGMA temp_store = MEMORY")
+    db.executescript(_FLOOR_SCHEMA)
+    return db
+
+
 def serve_floor(data_dir: Path, port: int, workers: int, writer_process: bool = False) -> int:
     """The least per-request work SPEC asks of a hub, in *workers* processes sharing one port.
 
     With *writer_process*, one more process owns the database and commits every worker's
     transactions together; the workers hand it theirs over a Unix socket each.
     """
-    import sqlite3
-
-    from gsem.db.connector import SQLITE_PAGE_SIZE
     from gsem.workers import bind_listening_socket, die_with_parent
 
     config = load_config(data_dir)
     db_path = data_dir / "floor.db"
-    with sqlite3.connect(db_path) as db:
-        db.execute(f"PRAGMA page_size = {SQLITE_PAGE_SIZE}")  # as a database gsem creates
-        db.execute("PRAGMA journal_mode = WAL")
-        db.executescript(_FLOOR_SCHEMA)
+    floor_database(db_path).close()
     sock = bind_listening_socket(config.host, port)
     parent = os.getpid()
     children = []
@@ -321,12 +332,7 @@ def _take_frames(buf: bytearray) -> list[tuple[Any, ...]]:
 
 def _floor_writer(db_path: Path, socks: list[socket.socket]) -> int:
     """The writer process: every worker's transactions that are waiting, in one commit, again and again."""
-    import sqlite3
-
-    db = sqlite3.connect(db_path, isolation_level=None)
-    db.execute("PRAGMA journal_mode = WAL")
-    db.execute("PRAGMA synchronous = FULL")
-    db.execute("PRAGMA temp_store = MEMORY")  # as gsem's connections: the statement journal in memory
+    db = floor_database(db_path)
     template = fixed_ack()
     sel = selectors.DefaultSelector()
     buffers = {}

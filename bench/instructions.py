@@ -114,19 +114,13 @@ def run_hub(data_dir: Path, batches: list[list[tuple[str, bytes]]]) -> int:
 def run_floor(data_dir: Path, batches: list[list[tuple[str, bytes]]]) -> int:
     """The floor servers' work for *batches* (``bare_server._floor_store``, one commit a batch)."""
     import itertools
-    import sqlite3
 
-    from bare_server import _FLOOR_SCHEMA, fixed_ack, floor_commit
+    from bare_server import fixed_ack, floor_commit, floor_database
     from lxml import etree
 
-    from gsem.db.connector import SQLITE_PAGE_SIZE
     from gsem.schema import incident_schema
 
-    db = sqlite3.connect(data_dir / "floor.db", isolation_level=None)
-    db.execute(f"PRAGMA page_size = {SQLITE_PAGE_SIZE}")  # as bare_server.py makes floor.db
-    db.execute("PRAGMA journal_mode = WAL")
-    db.execute("PRAGMA synchronous = FULL")
-    db.executescript(_FLOOR_SCHEMA)
+    db = floor_database(data_dir / "floor.db")
     parser = etree.XMLParser(schema=incident_schema(), resolve_entities=False, no_network=True)
     template = fixed_ack()
     ack_ids = (f"01FLOORI{n:018d}".encode() for n in itertools.count())

@@ -135,7 +135,7 @@ def run_batch(engine: sa.Engine, calls: Sequence[_Call]) -> list[tuple[bool, Any
             return outcomes + [(False, Failure())] * len(rest)
         if raised is None:
             return outcomes + [(True, result) for result in results]
-        outcomes += [(False, _undone(raised))] * len(results) + [(False, raised)]
+        outcomes += _undone_outcomes(len(results), raised)
         rest = rest[len(results) + 1:]
     return outcomes
 
@@ -168,9 +168,11 @@ def run_until_failure(conn: sa.Connection, calls: Sequence[_Call]) -> tuple[list
     return results, None
 
 
-def _undone(raised: Failure) -> Failure:
-    return Failure(BatchUndone(f"another call of its group commit failed ({raised.type.__name__}); "
-                               "nothing of this call was kept"))
+def _undone_outcomes(ran: int, raised: Failure) -> list[tuple[bool, Any]]:
+    """The outcomes of a batch's first *ran* calls, undone, and of the call that raised *raised*."""
+    undone = Failure(BatchUndone(f"another call of its group commit failed ({raised.type.__name__}); "
+                                 "nothing of this call was kept"))
+    return [(False, undone)] * ran + [(False, raised)]
 
 
 class DBThreadPool:
@@ -429,8 +431,7 @@ class GroupCommitWriter:
         # Not run yet: first in line for the next batch, in their order (and counted then).
         self._queue.extendleft(reversed(batch[failed + 1:]))
         self.stats.transactions -= len(batch) - failed - 1
-        outcomes = [(False, _undone(raised))] * failed + [(False, raised)]
-        self._finish([d for _, d in batch[:failed + 1]], outcomes)
+        self._finish([d for _, d in batch[:failed + 1]], _undone_outcomes(failed, raised))
         self._answer_finished()
 
     def _commit(self, conn: sa.Connection, transaction: sa.RootTransaction, deferreds: list[Deferred[Any]],
